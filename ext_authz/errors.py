@@ -1,0 +1,84 @@
+"""The one exception tree of ext-authz.
+
+Every error carries a stable snake_case ``code``: it labels decision logs, spans and metrics, and
+appears in deny bodies and ``WWW-Authenticate``. Messages say what went wrong and how to fix it;
+they never contain a credential.
+
+    ExtAuthzError
+    ├── ConfigError                 bad settings file; at start the CLI exits 2
+    │   └── PolicyLoadError         bad Casbin model or policy file
+    ├── InvalidRequestError         400 invalid_request: a request we cannot interpret unambiguously
+    ├── AuthenticationError         401 + WWW-Authenticate
+    │   ├── MissingCredentialError  missing_credential (only where a credential is required)
+    │   ├── InvalidTokenError       invalid_token
+    │   └── ExpiredTokenError       expired_token
+    └── AccessDeniedError           403 access_denied
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessDeniedError",
+    "AuthenticationError",
+    "ConfigError",
+    "ExpiredTokenError",
+    "ExtAuthzError",
+    "InvalidRequestError",
+    "InvalidTokenError",
+    "MissingCredentialError",
+    "PolicyLoadError",
+]
+
+
+class ExtAuthzError(Exception):
+    """Base of every error ext-authz raises on purpose."""
+
+    code = "internal_error"
+
+
+class ConfigError(ExtAuthzError):
+    """Raised when a settings file is missing, unreadable or invalid; names the file and key."""
+
+    code = "config_error"
+
+
+class PolicyLoadError(ConfigError):
+    """Raised when a Casbin model or policy file cannot be loaded; names the file and line."""
+
+    code = "policy_error"
+
+
+class InvalidRequestError(ExtAuthzError):
+    """Raised when a request is ambiguous (encoded slash, dot segment, NUL...) and is refused."""
+
+    code = "invalid_request"
+
+
+class AuthenticationError(ExtAuthzError):
+    """Raised when credentials are missing where required, or present but not valid."""
+
+    code = "invalid_token"
+
+
+class MissingCredentialError(AuthenticationError):
+    """Raised when a credential is required and none was sent."""
+
+    code = "missing_credential"
+
+
+class InvalidTokenError(AuthenticationError):
+    """Raised when a token is malformed, badly signed, or fails a claim check."""
+
+    code = "invalid_token"
+
+
+class ExpiredTokenError(InvalidTokenError):
+    """Raised when a token's ``exp`` has passed (beyond the allowed clock skew)."""
+
+    code = "expired_token"
+
+
+class AccessDeniedError(ExtAuthzError):
+    """Raised when the identity is known but no policy rule allows the request."""
+
+    code = "access_denied"
