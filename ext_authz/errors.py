@@ -7,6 +7,7 @@ they never contain a credential.
     ExtAuthzError
     ├── ConfigError                 bad settings file; at start the CLI exits 2
     │   └── PolicyLoadError         bad Casbin model or policy file
+    ├── StartupError                a demo component did not start or answer its health check
     ├── InvalidRequestError         400 invalid_request: a request we cannot interpret unambiguously
     ├── AuthenticationError         401 + WWW-Authenticate
     │   ├── MissingCredentialError  missing_credential (only where a credential is required)
@@ -27,6 +28,7 @@ __all__ = [
     "InvalidTokenError",
     "MissingCredentialError",
     "PolicyLoadError",
+    "StartupError",
 ]
 
 
@@ -46,6 +48,12 @@ class PolicyLoadError(ConfigError):
     """Raised when a Casbin model or policy file cannot be loaded; names the file and line."""
 
     code = "policy_error"
+
+
+class StartupError(ExtAuthzError):
+    """Raised when a process the demo starts exits early or never becomes healthy."""
+
+    code = "startup_error"
 
 
 class InvalidRequestError(ExtAuthzError):

@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import grpc_tools
 import google.rpc.status_pb2
+import grpc_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"

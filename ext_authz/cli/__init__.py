@@ -1,0 +1,23 @@
+"""The `ext-authz` command line. Only this package exits the process."""
+
+from __future__ import annotations
+
+import click
+
+from ext_authz import __version__
+from ext_authz.cli.demo import demo
+from ext_authz.cli.serve import serve
+from ext_authz.cli.token import token
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ext-authz")
+def main() -> None:
+    """Envoy external authorization: JWT authentication and Casbin policies."""
+
+
+main.add_command(serve)
+main.add_command(demo)
+main.add_command(token)

@@ -1,0 +1,53 @@
+"""Decision log: one JSON line per decision, with no credential and no query values in it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from ext_authz.models import AuthRequest, Decision
+
+__all__ = ["JsonFormatter", "log_decision"]
+
+log = logging.getLogger("ext_authz.decision")
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats every record as one JSON object; structured fields come from ``extra={"fields"}``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, separators=(",", ":"), default=str)
+
+
+def log_decision(decision: Decision, request: AuthRequest | None, latency_s: float) -> None:
+    fields: dict[str, object] = {
+        "event": "decision",
+        "decision_id": decision.decision_id,
+        "decision": decision.outcome.value,
+        "reason_code": decision.reason_code,
+        "subject": decision.identity.subject,
+        "roles": list(decision.identity.roles),
+        "matched_rule": decision.matched_rule,
+        "latency_ms": round(latency_s * 1000, 3),
+    }
+    if request is not None:
+        fields.update(
+            request_id=request.request_id,
+            method=request.method,
+            path=request.path,
+            # Names only: query values can carry tokens or personal data.
+            query_names=sorted({name for name, _ in request.query}),
+            source_address=request.source_address,
+        )
+    log.info("%s %s", decision.outcome.value, decision.reason_code, extra={"fields": fields})

@@ -1,0 +1,246 @@
+"""JWT verification: the only module that imports python-jose.
+
+python-jose alone is not enough (it does not require ``aud``, accepts a future ``iat`` and
+non-numeric ``exp``, ignores ``crit`` and decodes non-canonical base64url), so this module parses
+and checks the header and claims itself and uses jose only for the signature, with keys built once
+from configured JWKS and an explicit one-family algorithm list per issuer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from jose import jwk, jws, jwt
+from jose.exceptions import JOSEError
+
+from ext_authz.errors import ConfigError, ExpiredTokenError, InvalidTokenError
+from ext_authz.models import Identity
+from ext_authz.settings import ProviderSettings
+
+__all__ = ["JwtVerifier", "sign_token"]
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+# Header parameters that would let the token choose its own key or processing rules.
+_FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit", "zip")
+_KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "HS": "oct"}
+_PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi")
+# Identity values are sent upstream in headers (roles comma-joined): no controls, no commas.
+_HEADER_SAFE = re.compile(r"[^\x00-\x1f\x7f,]+")
+
+
+def _b64url_decode(segment: str, what: str) -> bytes:
+    if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
+        raise InvalidTokenError(f"token {what} is not base64url")
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidTokenError(f"token {what} is not base64url") from exc
+    # Non-canonical encodings (stray trailing bits) would let one token have many spellings.
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != segment:
+        raise InvalidTokenError(f"token {what} is not canonical base64url")
+    return raw
+
+
+def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidTokenError(f"token has a duplicate JSON member {key!r}")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> object:
+    raise InvalidTokenError(f"token contains the non-JSON number {name}")
+
+
+def _json_object(segment: str, what: str) -> dict[str, object]:
+    raw = _b64url_decode(segment, what)
+    try:
+        value = json.loads(
+            raw, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+        )
+    except (ValueError, RecursionError) as exc:
+        raise InvalidTokenError(f"token {what} is not valid JSON") from exc
+    if not isinstance(value, dict):
+        raise InvalidTokenError(f"token {what} is not a JSON object")
+    return value
+
+
+def _numeric_date(claims: Mapping[str, object], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidTokenError(f"token claim '{name}' is not a number")
+    return float(value)
+
+
+def _claim_at(claims: Mapping[str, object], path: str) -> object:
+    value: object = claims
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Provider:
+    settings: ProviderSettings
+    keys: Mapping[tuple[str | None, str], jwk.Key]  # (kid, alg) -> prebuilt key
+
+
+def _build_keys(
+    settings: ProviderSettings, jwks: Sequence[Mapping[str, object]]
+) -> dict[tuple[str | None, str], jwk.Key]:
+    keys: dict[tuple[str | None, str], jwk.Key] = {}
+    for index, entry in enumerate(jwks):
+        where = f"{settings.jwks_file}: keys[{index}]"
+        if any(member in entry for member in _PRIVATE_JWK_MEMBERS) and entry["kty"] != "oct":
+            raise ConfigError(f"{where} holds private key material; publish public keys only")
+        kid = entry.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise ConfigError(f"{where}: 'kid' must be a string")
+        for alg in settings.algorithms:
+            if _KEY_TYPES[alg[:2]] != entry["kty"] or entry.get("alg", alg) != alg:
+                continue  # a key is only ever used with an algorithm of its own type
+            try:
+                keys[(kid, alg)] = jwk.construct(dict(entry), algorithm=alg)
+            except JOSEError as exc:
+                raise ConfigError(f"{where}: cannot build a {alg} key: {exc}") from exc
+    if not keys:
+        raise ConfigError(
+            f"{settings.jwks_file}: no key usable with algorithms {list(settings.algorithms)}"
+        )
+    return keys
+
+
+class JwtVerifier:
+    """Verifies bearer JWTs from the configured issuers and maps them to an Identity."""
+
+    def __init__(
+        self,
+        providers: Sequence[tuple[ProviderSettings, Sequence[Mapping[str, object]]]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._providers = {
+            settings.issuer: _Provider(settings, _build_keys(settings, jwks))
+            for settings, jwks in providers
+        }
+        self._max_bytes = max((s.max_token_bytes for s, _ in providers), default=0)
+        self._clock = clock
+
+    def verify(self, token: str) -> Identity:
+        """Return the caller's Identity; raises InvalidTokenError or ExpiredTokenError."""
+        if len(token) > self._max_bytes:
+            raise InvalidTokenError(f"token is larger than {self._max_bytes} bytes")
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise InvalidTokenError("token is not a signed JWT (expected three parts)")
+        header = _json_object(parts[0], "header")
+        claims = _json_object(parts[1], "payload")
+        _b64url_decode(parts[2], "signature")
+        issuer = claims.get("iss")
+        provider = self._providers.get(issuer) if isinstance(issuer, str) else None
+        if provider is None:
+            raise InvalidTokenError("token issuer ('iss') is missing or not configured")
+        settings = provider.settings
+        if len(token) > settings.max_token_bytes:
+            raise InvalidTokenError(f"token is larger than {settings.max_token_bytes} bytes")
+        key, alg = self._select_key(provider, header)
+        try:
+            jws.verify(token, key, algorithms=[alg])
+        except JOSEError as exc:
+            raise InvalidTokenError("token signature verification failed") from exc
+        self._check_times(settings, claims)
+        self._check_audience(settings, claims)
+        return self._identity(settings, claims)
+
+    @staticmethod
+    def _select_key(provider: _Provider, header: Mapping[str, object]) -> tuple[jwk.Key, str]:
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in provider.settings.algorithms:
+            raise InvalidTokenError("token algorithm ('alg') is not allowed for this issuer")
+        present = [name for name in _FORBIDDEN_HEADERS if name in header]
+        if present:
+            raise InvalidTokenError(f"token header parameter {present[0]!r} is not accepted")
+        if str(header.get("cty", "")).upper() == "JWT":
+            raise InvalidTokenError("nested tokens (cty: JWT) are not accepted")
+        kid = header.get("kid")
+        if kid is not None:
+            key = provider.keys.get((kid, alg)) if isinstance(kid, str) else None
+            if key is None:
+                raise InvalidTokenError("token key id ('kid') is unknown")
+            return key, alg
+        candidates = [key for (_, key_alg), key in provider.keys.items() if key_alg == alg]
+        if len(candidates) != 1:
+            raise InvalidTokenError("token has no key id ('kid') and the issuer has several keys")
+        return candidates[0], alg
+
+    def _check_times(self, settings: ProviderSettings, claims: Mapping[str, object]) -> None:
+        now = self._clock()
+        skew = settings.clock_skew
+        expires = _numeric_date(claims, "exp")
+        if expires is None:
+            raise InvalidTokenError("token has no 'exp' claim")
+        if now > expires + skew:
+            raise ExpiredTokenError("token has expired")
+        not_before = _numeric_date(claims, "nbf")
+        if not_before is not None and not_before > now + skew:
+            raise InvalidTokenError("token is not valid yet ('nbf' is in the future)")
+        issued_at = _numeric_date(claims, "iat")
+        if issued_at is not None and issued_at > now + skew:
+            raise InvalidTokenError("token was issued in the future ('iat')")
+        lifetime = expires - (issued_at if issued_at is not None else now)
+        if lifetime > settings.max_lifetime:
+            raise InvalidTokenError(
+                f"token lifetime exceeds the maximum of {settings.max_lifetime} seconds"
+            )
+
+    @staticmethod
+    def _check_audience(settings: ProviderSettings, claims: Mapping[str, object]) -> None:
+        audience = claims.get("aud")
+        values = [audience] if isinstance(audience, str) else audience
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise InvalidTokenError("token has no valid 'aud' claim")
+        if not set(values) & set(settings.audiences):
+            raise InvalidTokenError("token audience ('aud') is not accepted")
+
+    @staticmethod
+    def _identity(settings: ProviderSettings, claims: Mapping[str, object]) -> Identity:
+        subject = _claim_at(claims, settings.subject_claim)
+        if not isinstance(subject, str) or not _HEADER_SAFE.fullmatch(subject):
+            raise InvalidTokenError(
+                f"token has no usable '{settings.subject_claim}' (subject) claim"
+            )
+        raw_roles = _claim_at(claims, settings.roles_claim)
+        if raw_roles is None:
+            roles: tuple[str, ...] = ()
+        elif isinstance(raw_roles, str):
+            roles = tuple(raw_roles.split())
+        elif isinstance(raw_roles, list) and all(isinstance(r, str) for r in raw_roles):
+            roles = tuple(raw_roles)
+        else:
+            raise InvalidTokenError(f"token claim '{settings.roles_claim}' is not a list of roles")
+        if not all(_HEADER_SAFE.fullmatch(role) for role in roles):
+            raise InvalidTokenError(f"token claim '{settings.roles_claim}' has an unusable role")
+        return Identity(
+            subject=subject,
+            roles=roles,
+            issuer=settings.issuer,
+            claims=MappingProxyType(dict(claims)),
+        )
+
+
+def sign_token(claims: Mapping[str, object], private_key_pem: str, kid: str) -> str:
+    """Sign claims with RS256 (used by `ext-authz token` for the demo issuer)."""
+    return str(jwt.encode(dict(claims), private_key_pem, algorithm="RS256", headers={"kid": kid}))

@@ -1,0 +1,80 @@
+"""The small immutable values that cross phase boundaries."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+__all__ = ["ANONYMOUS", "AuthRequest", "Decision", "Identity", "Outcome", "PolicyResult"]
+
+
+
+def _empty() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
+class Outcome(StrEnum):
+    """What the service answers; response.py maps each to one HTTP status."""
+
+    ALLOW = "allow"
+    INVALID_REQUEST = "invalid_request"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """A normalized request: what identity and policy phases see.
+
+    ``path`` is percent-decoded and free of dot segments, empty segments and parameters;
+    ``query`` holds the decoded (name, value) pairs in the order sent; ``headers`` has lowercase
+    names and no pseudo-headers.
+    """
+
+    method: str
+    path: str
+    query: tuple[tuple[str, str], ...] = ()
+    headers: Mapping[str, str] = field(default_factory=_empty)
+    host: str = ""
+    scheme: str = ""
+    source_address: str = ""
+    peer_principal: str = ""
+    request_id: str = ""
+    context_extensions: Mapping[str, str] = field(default_factory=_empty)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is calling. ``authenticated`` is False only for the anonymous identity."""
+
+    subject: str
+    roles: tuple[str, ...] = ()
+    authenticated: bool = True
+    issuer: str = ""
+    claims: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+
+
+ANONYMOUS = Identity(subject="anonymous", authenticated=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyResult:
+    """The authorization phase's answer; ``matched_rule`` is the policy line that decided."""
+
+    allowed: bool
+    matched_rule: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one Check, with the stable ``reason_code`` that labels logs and metrics."""
+
+    outcome: Outcome
+    reason_code: str
+    decision_id: str
+    identity: Identity = ANONYMOUS
+    matched_rule: str | None = None
+    message: str = ""

@@ -1,0 +1,113 @@
+"""Decision -> CheckResponse: one table maps outcomes to HTTP and gRPC status."""
+
+from __future__ import annotations
+
+import json
+
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2, status_pb2
+
+from ext_authz._proto.envoy.config.core.v3 import base_pb2
+from ext_authz._proto.envoy.service.auth.v3 import external_auth_pb2
+from ext_authz._proto.envoy.type.v3 import http_status_pb2
+from ext_authz.models import AuthRequest, Decision, Outcome
+from ext_authz.settings import HeaderSettings
+
+__all__ = ["OUTCOME_STATUS", "to_check_response"]
+
+# outcome -> (HTTP status, gRPC code, short error name for the JSON body)
+OUTCOME_STATUS: dict[Outcome, tuple[int, int, str]] = {
+    Outcome.ALLOW: (200, code_pb2.OK, ""),
+    Outcome.INVALID_REQUEST: (400, code_pb2.INVALID_ARGUMENT, "bad_request"),
+    Outcome.UNAUTHENTICATED: (401, code_pb2.UNAUTHENTICATED, "unauthorized"),
+    Outcome.FORBIDDEN: (403, code_pb2.PERMISSION_DENIED, "forbidden"),
+    Outcome.ERROR: (503, code_pb2.UNAVAILABLE, "unavailable"),
+}
+# Our reason codes -> the RFC 6750 error code for WWW-Authenticate (none when no credential).
+_RFC6750_ERROR = {"invalid_token": "invalid_token", "expired_token": "invalid_token"}
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=name, value=value), append_action=_OVERWRITE
+    )
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _www_authenticate(decision: Decision) -> str:
+    params = ['realm="ext-authz"']
+    error = _RFC6750_ERROR.get(decision.reason_code)
+    if error:
+        params += [f"error={_quoted(error)}", f"error_description={_quoted(decision.message)}"]
+    return "Bearer " + ", ".join(params)
+
+
+def _metadata(decision: Decision) -> struct_pb2.Struct:
+    metadata = struct_pb2.Struct()
+    metadata.update(
+        {
+            "decision_id": decision.decision_id,
+            "decision": decision.outcome.value,
+            "reason_code": decision.reason_code,
+        }
+    )
+    return metadata
+
+
+def _allow(
+    decision: Decision, request: AuthRequest, headers: HeaderSettings
+) -> external_auth_pb2.OkHttpResponse:
+    identity = decision.identity
+    to_set = {headers.subject: identity.subject}
+    if identity.roles:
+        to_set[headers.roles] = ",".join(identity.roles)
+    # Every client copy of a header we own goes, even where we set nothing: never both set and
+    # remove one header in a response (Envoy then drops it).
+    owned = {headers.subject, headers.roles}
+    owned.update(name for name in request.headers if name.startswith(headers.owned_prefix))
+    return external_auth_pb2.OkHttpResponse(
+        headers=[_header(name, value) for name, value in to_set.items()],
+        headers_to_remove=sorted(owned - to_set.keys()),
+    )
+
+
+def _deny(decision: Decision, request: AuthRequest | None) -> external_auth_pb2.DeniedHttpResponse:
+    status, _, error = OUTCOME_STATUS[decision.outcome]
+    body = {
+        "error": error,
+        "reason": decision.reason_code,
+        "message": decision.message,
+        "request_id": request.request_id if request else "",
+    }
+    response_headers = [
+        _header("content-type", "application/json"),
+        _header("cache-control", "no-store"),
+    ]
+    if decision.outcome is Outcome.UNAUTHENTICATED:
+        response_headers.append(_header("www-authenticate", _www_authenticate(decision)))
+    return external_auth_pb2.DeniedHttpResponse(
+        status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type]
+        headers=response_headers,
+        body=json.dumps(body, separators=(",", ":")),
+    )
+
+
+def to_check_response(
+    decision: Decision, request: AuthRequest | None, headers: HeaderSettings
+) -> external_auth_pb2.CheckResponse:
+    """The CheckResponse Envoy acts on. ``request`` is None when it could not be parsed."""
+    _, grpc_code, _ = OUTCOME_STATUS[decision.outcome]
+    status = status_pb2.Status(code=grpc_code, message=decision.reason_code)
+    if decision.outcome is Outcome.ALLOW and request is not None:
+        return external_auth_pb2.CheckResponse(
+            status=status,
+            ok_response=_allow(decision, request, headers),
+            dynamic_metadata=_metadata(decision),
+        )
+    return external_auth_pb2.CheckResponse(
+        status=status, denied_response=_deny(decision, request), dynamic_metadata=_metadata(decision)
+    )

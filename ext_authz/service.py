@@ -1,0 +1,60 @@
+"""The gRPC servicer: thin, and it never raises. Anything unexpected is a 503 refusal."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from ext_authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from ext_authz.decision_log import log_decision
+from ext_authz.errors import ExtAuthzError, InvalidRequestError
+from ext_authz.models import AuthRequest, Decision, Outcome
+from ext_authz.pipeline import AuthPipeline, new_decision_id, refusal
+from ext_authz.request import to_auth_request
+from ext_authz.response import to_check_response
+from ext_authz.settings import HeaderSettings
+
+__all__ = ["AuthorizationServicer", "Runtime"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What a Check reads: swapped as a whole, never mutated, so a request sees one snapshot."""
+
+    pipeline: AuthPipeline
+    headers: HeaderSettings
+
+
+class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
+    """envoy.service.auth.v3.Authorization: CheckRequest -> AuthRequest -> Decision -> response."""
+
+    def __init__(self, runtime: Callable[[], Runtime]) -> None:
+        self._runtime = runtime
+
+    def Check(
+        self, request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext
+    ) -> external_auth_pb2.CheckResponse:
+        started = time.perf_counter()
+        auth_request: AuthRequest | None = None
+        try:
+            runtime = self._runtime()
+            try:
+                auth_request = to_auth_request(request)
+            except InvalidRequestError as error:
+                decision = refusal(error, new_decision_id())
+            else:
+                decision = runtime.pipeline.evaluate(auth_request)
+            response = to_check_response(decision, auth_request, runtime.headers)
+        except Exception as exc:  # fail closed: whatever broke, the answer is a refusal
+            log.exception("check failed; refusing the request")
+            code = exc.code if isinstance(exc, ExtAuthzError) else "internal_error"
+            decision = Decision(Outcome.ERROR, code, new_decision_id(), message="internal error")
+            response = to_check_response(decision, auth_request, HeaderSettings())
+        log_decision(decision, auth_request, time.perf_counter() - started)
+        return response
