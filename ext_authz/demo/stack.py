@@ -81,6 +81,12 @@ class DemoStack:
         self._service: subprocess.Popen[bytes] | None = None
         self._envoy: subprocess.Popen[bytes] | None = None
         self._logs: list[IO[bytes]] = []
+        self._tls: ssl.SSLContext | None = None
+
+    @property
+    def upstream_requests(self) -> int:
+        """How many requests have reached the echo upstream."""
+        return self._upstream.served
 
     def start(self, timeout: float = 60.0) -> None:
         """Start everything and return once a request through Envoy is answered end to end."""

@@ -29,10 +29,22 @@ class _BadBody(Exception):
     """The request body framing cannot be parsed; the connection must be closed."""
 
 
+class _EchoServer(ThreadingHTTPServer):
+    """Remembers how many requests reached it, so tests can prove a denial never got here."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(address, _EchoHandler)
+        self.lock = threading.Lock()
+        self.served = 0
+
+
 class _EchoHandler(BaseHTTPRequestHandler):
     # Keep-alive: Envoy reuses upstream connections.
     protocol_version = "HTTP/1.1"
     server_version = "ext-authz-echo"
+    server: _EchoServer
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence per-request logging (it would flood the demo's terminal)."""
@@ -59,6 +71,8 @@ class _EchoHandler(BaseHTTPRequestHandler):
         self._echo()
 
     def _echo(self, *, send_body: bool = True) -> None:
+        with self.server.lock:
+            self.server.served += 1
         try:
             self._discard_body()
         except _BadBody as exc:
@@ -129,14 +143,19 @@ class EchoUpstream:
     """An HTTP/1.1 echo server running in a daemon thread; binds in the constructor."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = ThreadingHTTPServer((host, port), _EchoHandler)
-        self._server.daemon_threads = True
+        self._server = _EchoServer((host, port))
         self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
         """The bound port (the real one when constructed with port 0)."""
         return int(self._server.server_address[1])
+
+    @property
+    def served(self) -> int:
+        """How many requests have reached the upstream so far."""
+        with self._server.lock:
+            return self._server.served
 
     def start(self) -> None:
         if self._thread is not None:

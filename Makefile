@@ -1,0 +1,36 @@
+# ext-authz: `make help` lists the targets. Everything runs from the project's own .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo proto lint test e2e
+
+help:  ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+
+# Reinstalled whenever pyproject.toml changes.
+$(BIN)/ext-authz: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --editable '.[dev]'
+	touch $@
+
+setup: $(BIN)/ext-authz  ## create .venv with ext-authz, Envoy and the dev tools
+
+demo: setup  ## run the local demo (Envoy + ext-authz + echo upstream on 127.0.0.1)
+	$(BIN)/ext-authz demo
+
+proto: setup  ## regenerate ext_authz/_proto from protos/
+	$(BIN)/python scripts/gen_proto.py
+
+lint: setup  ## generated code up to date, ruff, ruff format, mypy --strict
+	$(BIN)/python scripts/gen_proto.py --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint  ## lint, then the whole test suite (unit, integration, end-to-end through Envoy)
+	$(BIN)/python -m pytest
+
+e2e: setup  ## only the end-to-end tests
+	$(BIN)/python -m pytest -m e2e

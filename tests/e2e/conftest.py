@@ -1,0 +1,31 @@
+"""End-to-end fixtures: one demo stack (Envoy + service + echo upstream) for the session."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from harness import Client, start_stack
+
+from ext_authz.demo.issuer import mint_demo_token
+from ext_authz.demo.stack import DemoStack
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
+    running = start_stack(tmp_path_factory.mktemp("demo"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def client(stack: DemoStack) -> Client:
+    return Client(stack.state_dir, stack.ports.https)
+
+
+@pytest.fixture(scope="session")
+def token_for(stack: DemoStack) -> Callable[..., str]:
+    def mint(subject: str, *roles: str, ttl: int = 600) -> str:
+        return mint_demo_token(stack.state_dir, subject, roles, ttl)
+
+    return mint
