@@ -33,12 +33,18 @@ def generate(dest: Path) -> None:
     googleapis = Path(google.rpc.status_pb2.__file__).parents[2]
     bindir = str(Path(sys.executable).parent)
     cmd = [
-        sys.executable, "-m", "grpc_tools.protoc",
-        f"-I{PROTOS}", f"-I{include}", f"-I{googleapis}",
-        f"--python_out={dest}", f"--grpc_python_out={dest}",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{PROTOS}",
+        f"-I{include}",
+        f"-I{googleapis}",
+        f"--python_out={dest}",
+        f"--grpc_python_out={dest}",
         f"--plugin=protoc-gen-mypy={bindir}/protoc-gen-mypy",
         f"--plugin=protoc-gen-mypy_grpc={bindir}/protoc-gen-mypy_grpc",
-        f"--mypy_out={dest}", f"--mypy_grpc_out={dest}",
+        f"--mypy_out={dest}",
+        f"--mypy_grpc_out={dest}",
         *sources,
     ]
     subprocess.run(cmd, check=True, cwd=PROTOS)  # noqa: S603
@@ -53,7 +59,8 @@ def stale_files(fresh: Path) -> list[str]:
         p.relative_to(OUT) for p in OUT.rglob("*") if p.is_file() and "__pycache__" not in p.parts
     }
     differing = [
-        str(rel) for rel in sorted(fresh_files & committed)
+        str(rel)
+        for rel in sorted(fresh_files & committed)
         if not filecmp.cmp(fresh / rel, OUT / rel, shallow=False)
     ]
     return sorted({*map(str, fresh_files ^ committed), *differing})
