@@ -40,10 +40,10 @@ def log_decision(decision: Decision, request: AuthRequest | None, latency_s: flo
         "roles": list(decision.identity.roles),
         "matched_rule": decision.matched_rule,
         "latency_ms": round(latency_s * 1000, 3),
+        "request_id": decision.request_id,
     }
     if request is not None:
         fields.update(
-            request_id=request.request_id,
             method=request.method,
             path=request.path,
             # Names only: query values can carry tokens or personal data.

@@ -10,7 +10,6 @@ from types import MappingProxyType
 __all__ = ["ANONYMOUS", "AuthRequest", "Decision", "Identity", "Outcome", "PolicyResult"]
 
 
-
 def _empty() -> Mapping[str, str]:
     return MappingProxyType({})
 
@@ -78,3 +77,4 @@ class Decision:
     identity: Identity = ANONYMOUS
     matched_rule: str | None = None
     message: str = ""
+    request_id: str = ""

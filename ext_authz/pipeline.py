@@ -33,10 +33,14 @@ def new_decision_id() -> str:
     return uuid.uuid4().hex
 
 
-def refusal(error: ExtAuthzError, decision_id: str, identity: Identity = ANONYMOUS) -> Decision:
+def refusal(
+    error: ExtAuthzError, decision_id: str, request_id: str, identity: Identity = ANONYMOUS
+) -> Decision:
     """The Decision for an error: each error class maps to exactly one outcome."""
     outcome = next((o for cls, o in _OUTCOME_OF_ERROR if isinstance(error, cls)), Outcome.ERROR)
-    return Decision(outcome, error.code, decision_id, identity, message=str(error))
+    return Decision(
+        outcome, error.code, decision_id, identity, message=str(error), request_id=request_id
+    )
 
 
 class AuthPipeline:
@@ -55,25 +59,17 @@ class AuthPipeline:
                 identity = self._authenticate(token)
             result = self._engine.decide(identity, request)
         except ExtAuthzError as error:
-            return refusal(error, decision_id, identity)
+            return refusal(error, decision_id, request.request_id, identity)
         if result.allowed:
-            return Decision(Outcome.ALLOW, "allowed", decision_id, identity, result.matched_rule)
-        if not identity.authenticated:
-            return Decision(
-                Outcome.UNAUTHENTICATED,
-                "missing_credential",
-                decision_id,
-                identity,
-                result.matched_rule,
-                "this request needs a bearer token",
-            )
+            outcome, reason, message = Outcome.ALLOW, "allowed", ""
+        elif not identity.authenticated:
+            outcome, reason = Outcome.UNAUTHENTICATED, "missing_credential"
+            message = "this request needs a bearer token"
+        else:
+            outcome, reason = Outcome.FORBIDDEN, AccessDeniedError.code
+            message = "no policy rule allows this request"
         return Decision(
-            Outcome.FORBIDDEN,
-            AccessDeniedError.code,
-            decision_id,
-            identity,
-            result.matched_rule,
-            "no policy rule allows this request",
+            outcome, reason, decision_id, identity, result.matched_rule, message, request.request_id
         )
 
     def _authenticate(self, token: str) -> Identity:

@@ -9,20 +9,24 @@ control characters, path parameters, invalid escapes and invalid UTF-8.
 from __future__ import annotations
 
 import re
+import unicodedata
 from types import MappingProxyType
 
 from ext_authz._proto.envoy.service.auth.v3 import external_auth_pb2
 from ext_authz.errors import InvalidRequestError
 from ext_authz.models import AuthRequest
 
-__all__ = ["normalize_target", "parse_query", "to_auth_request"]
+__all__ = ["normalize_target", "parse_query", "request_id_of", "to_auth_request"]
 
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 # Bytes that must never appear decoded in a path: they change how upstreams split or decode it.
 _FORBIDDEN_DECODED_PATH = frozenset(b"/\\;?#%") | frozenset(range(0x20)) | {0x7F}
 # Raw characters allowed in a path (RFC 3986 pchar plus "/"), minus ";" (path parameters).
 _PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@/%]*")
-_QUERY_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
+# No raw ";": some upstreams split the query on it too (`?x=1;include=drafts`).
+_QUERY_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@/?%]*")
+# Frameworks that honour these would run another method than the one the policy allowed.
+METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
 
 
 def _percent_decode(text: str, forbidden: frozenset[int], where: str, *, plus: bool) -> str:
@@ -45,7 +49,7 @@ def _percent_decode(text: str, forbidden: frozenset[int], where: str, *, plus: b
         decoded = out.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidRequestError(f"{where}: escapes do not decode to UTF-8") from exc
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in decoded):
+    if any(unicodedata.category(ch) == "Cc" for ch in decoded):  # C0, DEL and C1 controls
         raise InvalidRequestError(f"{where}: control characters are not allowed")
     return decoded
 
@@ -93,6 +97,12 @@ def normalize_target(target: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     return _normalize_path(path), parse_query(query)
 
 
+def request_id_of(check: external_auth_pb2.CheckRequest) -> str:
+    """The request id, also for a request too ambiguous to become an AuthRequest."""
+    http = check.attributes.request.http
+    return http.headers.get("x-request-id") or http.id
+
+
 def to_auth_request(check: external_auth_pb2.CheckRequest) -> AuthRequest:
     """Build the AuthRequest for a CheckRequest; raises InvalidRequestError when ambiguous."""
     attributes = check.attributes
@@ -108,6 +118,9 @@ def to_auth_request(check: external_auth_pb2.CheckRequest) -> AuthRequest:
     if not http.method:
         raise InvalidRequestError("request has no method")
     path, query = normalize_target(target)
+    overrides = [name for name in METHOD_OVERRIDE_HEADERS if name in headers]
+    if overrides:
+        raise InvalidRequestError(f"method override header {overrides[0]!r} is not accepted")
     return AuthRequest(
         method=http.method,
         path=path,

@@ -75,13 +75,13 @@ def _allow(
     )
 
 
-def _deny(decision: Decision, request: AuthRequest | None) -> external_auth_pb2.DeniedHttpResponse:
+def _deny(decision: Decision) -> external_auth_pb2.DeniedHttpResponse:
     status, _, error = OUTCOME_STATUS[decision.outcome]
     body = {
         "error": error,
         "reason": decision.reason_code,
         "message": decision.message,
-        "request_id": request.request_id if request else "",
+        "request_id": decision.request_id,
     }
     response_headers = [
         _header("content-type", "application/json"),
@@ -109,5 +109,5 @@ def to_check_response(
             dynamic_metadata=_metadata(decision),
         )
     return external_auth_pb2.CheckResponse(
-        status=status, denied_response=_deny(decision, request), dynamic_metadata=_metadata(decision)
+        status=status, denied_response=_deny(decision), dynamic_metadata=_metadata(decision)
     )

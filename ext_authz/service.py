@@ -14,7 +14,7 @@ from ext_authz.decision_log import log_decision
 from ext_authz.errors import ExtAuthzError, InvalidRequestError
 from ext_authz.models import AuthRequest, Decision, Outcome
 from ext_authz.pipeline import AuthPipeline, new_decision_id, refusal
-from ext_authz.request import to_auth_request
+from ext_authz.request import request_id_of, to_auth_request
 from ext_authz.response import to_check_response
 from ext_authz.settings import HeaderSettings
 
@@ -47,14 +47,20 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
             try:
                 auth_request = to_auth_request(request)
             except InvalidRequestError as error:
-                decision = refusal(error, new_decision_id())
+                decision = refusal(error, new_decision_id(), request_id_of(request))
             else:
                 decision = runtime.pipeline.evaluate(auth_request)
             response = to_check_response(decision, auth_request, runtime.headers)
         except Exception as exc:  # fail closed: whatever broke, the answer is a refusal
             log.exception("check failed; refusing the request")
             code = exc.code if isinstance(exc, ExtAuthzError) else "internal_error"
-            decision = Decision(Outcome.ERROR, code, new_decision_id(), message="internal error")
+            decision = Decision(
+                Outcome.ERROR,
+                code,
+                new_decision_id(),
+                message="internal error",
+                request_id=request_id_of(request),
+            )
             response = to_check_response(decision, auth_request, HeaderSettings())
         log_decision(decision, auth_request, time.perf_counter() - started)
         return response

@@ -37,6 +37,9 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 )
 
 
+_HEADER_NAME = r"^[A-Za-z0-9-]+$"
+
+
 def _resolve_path(value: object, info: ValidationInfo) -> object:
     if not isinstance(value, str):
         return value  # strict validation then reports the wrong type
@@ -89,9 +92,14 @@ class PolicySettings(_Section):
 class HeaderSettings(_Section):
     """Headers the service owns: it sets them on allow and strips every client copy."""
 
-    subject: str = "x-auth-subject"
-    roles: str = "x-auth-roles"
-    owned_prefix: str = Field(default="x-auth-", min_length=2)
+    subject: str = Field(default="x-auth-subject", pattern=_HEADER_NAME)
+    roles: str = Field(default="x-auth-roles", pattern=_HEADER_NAME)
+    owned_prefix: str = Field(default="x-auth-", min_length=2, pattern=_HEADER_NAME)
+
+    @field_validator("subject", "roles", "owned_prefix")
+    @classmethod
+    def _lowercase(cls, name: str) -> str:
+        return name.lower()  # Envoy hands us lower-case names; compare like with like
 
 
 class Settings(_Section):
@@ -104,6 +112,33 @@ class Settings(_Section):
     providers: tuple[ProviderSettings, ...] = ()
     policy: PolicySettings
     headers: HeaderSettings = HeaderSettings()
+
+    @field_validator("providers")
+    @classmethod
+    def _distinct_issuers(
+        cls, providers: tuple[ProviderSettings, ...]
+    ) -> tuple[ProviderSettings, ...]:
+        issuers = [p.issuer for p in providers]
+        duplicates = sorted({i for i in issuers if issuers.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"issuer {duplicates[0]!r} is configured more than once")
+        return providers
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -128,7 +163,7 @@ def load_settings(path: Path) -> Settings:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read settings file: {exc.strerror}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -139,8 +174,6 @@ def load_settings(path: Path) -> Settings:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: unsupported YAML value ({exc})") from exc
     try:
-        return Settings.model_validate_json(
-            document, context={"base_dir": path.resolve().parent}
-        )
+        return Settings.model_validate_json(document, context={"base_dir": path.resolve().parent})
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from exc

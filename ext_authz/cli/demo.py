@@ -21,27 +21,55 @@ _PORT = click.IntRange(1, 65535)
 
 
 @click.command()
-@click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
-              default=DEFAULT_STATE_DIR, show_default=True,
-              help="Where certificates, keys, configs and logs are kept.")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    help="Where certificates, keys, configs and logs are kept.",
+)
 @click.option("--https-port", type=_PORT, default=8443, show_default=True)
-@click.option("--http-port", type=_PORT, default=8080, show_default=True,
-              help="Plain HTTP; redirects to https.")
-@click.option("--grpc-port", type=_PORT, default=9191, show_default=True,
-              help="The ext_authz gRPC service.")
-@click.option("--admin-port", type=_PORT, default=9901, show_default=True,
-              help="Envoy's admin API.")
-@click.option("--upstream-port", type=_PORT, default=8000, show_default=True,
-              help="The echo upstream.")
-@click.option("--policies", type=click.Path(path_type=Path, file_okay=False, exists=True),
-              default=None, help="Policy folder (model.conf, policy.csv); default: the shipped one.")
-@click.option("--init-only", is_flag=True,
-              help="Only generate the state dir (keys, configs) and exit; used by docker-compose.")
-def demo(state_dir: Path, https_port: int, http_port: int, grpc_port: int, admin_port: int,
-         upstream_port: int, policies: Path | None, init_only: bool) -> None:
+@click.option(
+    "--http-port",
+    type=_PORT,
+    default=8080,
+    show_default=True,
+    help="Plain HTTP; redirects to https.",
+)
+@click.option(
+    "--grpc-port", type=_PORT, default=9191, show_default=True, help="The ext_authz gRPC service."
+)
+@click.option(
+    "--admin-port", type=_PORT, default=9901, show_default=True, help="Envoy's admin API."
+)
+@click.option(
+    "--upstream-port", type=_PORT, default=8000, show_default=True, help="The echo upstream."
+)
+@click.option(
+    "--policies",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="Policy folder (model.conf, policy.csv); default: shipped one.",
+)
+@click.option(
+    "--init-only",
+    is_flag=True,
+    help="Only generate the state dir (keys, configs) and exit; used by docker-compose.",
+)
+def demo(
+    state_dir: Path,
+    https_port: int,
+    http_port: int,
+    grpc_port: int,
+    admin_port: int,
+    upstream_port: int,
+    policies: Path | None,
+    init_only: bool,
+) -> None:
     """Run the whole thing locally; prints `ready` with the URL, stops on Ctrl-C or SIGTERM."""
-    ports = DemoPorts(https=https_port, http=http_port, grpc=grpc_port, admin=admin_port,
-                      upstream=upstream_port)
+    ports = DemoPorts(
+        https=https_port, http=http_port, grpc=grpc_port, admin=admin_port, upstream=upstream_port
+    )
     with config_errors_exit():
         if init_only:
             prepare_state(state_dir, ports, policies)
@@ -69,7 +97,7 @@ def _hints(state_dir: Path, url: str) -> str:
     return (
         f"  try: curl --cacert {state_dir}/tls.crt {url}/public/hello\n"
         f"       TOKEN=$(ext-authz token --state-dir {state_dir} --sub alice --role viewer)\n"
-        f"       curl --cacert {state_dir}/tls.crt -H \"Authorization: Bearer $TOKEN\""
+        f'       curl --cacert {state_dir}/tls.crt -H "Authorization: Bearer $TOKEN"'
         f" {url}/api/books\n"
         f"  logs: {state_dir}/ext-authz.log {state_dir}/envoy.log; Ctrl-C stops everything"
     )

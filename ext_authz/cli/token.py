@@ -42,12 +42,23 @@ def _parse_claims(pairs: tuple[str, ...]) -> dict[str, object]:
 )
 @click.option("--sub", "subject", required=True, help="Subject (user name).")
 @click.option("--role", "roles", multiple=True, help="A role; repeat for several.")
-@click.option("--ttl", type=click.IntRange(min=1), default=3600, show_default=True,
-              help="Lifetime in seconds.")
-@click.option("--claim", "claims", multiple=True, metavar="NAME=VALUE",
-              help="An extra claim; VALUE is parsed as JSON when it is JSON.")
-def token(state_dir: Path, subject: str, roles: tuple[str, ...], ttl: int,
-          claims: tuple[str, ...]) -> None:
+@click.option(
+    "--ttl",
+    type=click.IntRange(min=1),
+    default=3600,
+    show_default=True,
+    help="Lifetime in seconds.",
+)
+@click.option(
+    "--claim",
+    "claims",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="An extra claim; VALUE is parsed as JSON when it is JSON.",
+)
+def token(
+    state_dir: Path, subject: str, roles: tuple[str, ...], ttl: int, claims: tuple[str, ...]
+) -> None:
     """Print a token for the demo issuer (development only)."""
     extra = _parse_claims(claims)
     with config_errors_exit():

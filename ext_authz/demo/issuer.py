@@ -29,7 +29,12 @@ def mint_demo_token(
     now = int(time.time())
     claims: dict[str, object] = dict(extra_claims or {})
     claims.update(
-        iss=DEMO_ISSUER, aud=DEMO_AUDIENCE, sub=subject, iat=now, nbf=now, exp=now + ttl,
+        iss=DEMO_ISSUER,
+        aud=DEMO_AUDIENCE,
+        sub=subject,
+        iat=now,
+        nbf=now,
+        exp=now + ttl,
         roles=list(roles),
     )
     return sign_token(claims, keys.issuer_key.read_text(encoding="ascii"), keys.kid)

@@ -54,8 +54,13 @@ def prepare_state(state_dir: Path, ports: DemoPorts, policies: Path | None = Non
     return keys
 
 
-def _wait(what: str, check: Callable[[], bool], deadline: float,
-          process: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
+def _wait(
+    what: str,
+    check: Callable[[], bool],
+    deadline: float,
+    process: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+) -> None:
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
@@ -99,8 +104,16 @@ class DemoStack:
             self._wait_service(deadline)
             self._envoy = self._spawn(
                 "envoy",
-                [str(find_envoy()), "-c", str(self.state_dir / "envoy.yaml"),
-                 "--disable-hot-restart", "--concurrency", "1", "--log-level", "warn"],
+                [
+                    str(find_envoy()),
+                    "-c",
+                    str(self.state_dir / "envoy.yaml"),
+                    "--disable-hot-restart",
+                    "--concurrency",
+                    "1",
+                    "--log-level",
+                    "warn",
+                ],
             )
             _wait("envoy", self._envoy_ready, deadline, self._envoy, self._log("envoy"))
             _wait("the demo (GET /healthz through Envoy)", self._healthz_ok, deadline)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +32,10 @@ _FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit", "zip")
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "HS": "oct"}
 _PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi")
 # Identity values are sent upstream in headers (roles comma-joined): no controls, no commas.
-_HEADER_SAFE = re.compile(r"[^\x00-\x1f\x7f,]+")
+# Also no leading or trailing space: an upstream that trims would read "viewer, admin" as "admin".
+_HEADER_SAFE = re.compile(r"[^\s,\x00-\x1f\x7f](?:[^,\x00-\x1f\x7f]*[^\s,\x00-\x1f\x7f])?")
+# NumericDate bounds: 0 .. 9999-12-31; anything else is not a date (and 10**400 overflows float).
+_MAX_NUMERIC_DATE = 253402300799
 
 
 def _b64url_decode(segment: str, what: str) -> bytes:
@@ -79,8 +81,12 @@ def _numeric_date(claims: Mapping[str, object], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidTokenError(f"token claim '{name}' is not a number")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= _MAX_NUMERIC_DATE
+    ):
+        raise InvalidTokenError(f"token claim '{name}' is not a valid date (seconds since 1970)")
     return float(value)
 
 
@@ -159,7 +165,7 @@ class JwtVerifier:
         key, alg = self._select_key(provider, header)
         try:
             jws.verify(token, key, algorithms=[alg])
-        except JOSEError as exc:
+        except (JOSEError, RecursionError) as exc:
             raise InvalidTokenError("token signature verification failed") from exc
         self._check_times(settings, claims)
         self._check_audience(settings, claims)
@@ -170,6 +176,9 @@ class JwtVerifier:
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in provider.settings.algorithms:
             raise InvalidTokenError("token algorithm ('alg') is not allowed for this issuer")
+        if any(isinstance(value, dict | list) for value in header.values()):
+            # No JWS header we accept is structured; nesting only feeds parser attacks.
+            raise InvalidTokenError("token header has a structured (object or array) value")
         present = [name for name in _FORBIDDEN_HEADERS if name in header]
         if present:
             raise InvalidTokenError(f"token header parameter {present[0]!r} is not accepted")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import casbin
+from casbin.constant.constants import ALLOW_AND_DENY_EFFECT
+from casbin.effect import Effector
 
 from ext_authz.errors import PolicyLoadError
 from ext_authz.policy import functions
@@ -31,6 +33,22 @@ MATCHER_FUNCTIONS: dict[str, Callable[..., bool]] = {
     "ownerMatch": functions.owner_match,
     "hasPrincipal": functions.has_principal,
 }
+
+
+class _DenyFirstEffector(Effector):  # type: ignore[misc]
+    """Allow-and-deny (a matching deny wins, else a matching allow) that stops at the deciding
+    rule, so the decision can name it. Correct because every deny rule is loaded before any
+    allow rule: the first allow reached means no deny matched. Stock pycasbin scans every rule
+    and names none for an allow."""
+
+    def intermediate_effect(self, effects: set[int]) -> int:
+        if Effector.DENY in effects:
+            return int(Effector.DENY)
+        return int(Effector.ALLOW if Effector.ALLOW in effects else Effector.INDETERMINATE)
+
+    def final_effect(self, effects: set[int]) -> int:
+        allowed = Effector.ALLOW in effects and Effector.DENY not in effects
+        return int(Effector.ALLOW if allowed else Effector.DENY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +100,26 @@ class PolicyEnforcer:
             self._enforcer.add_function(name, function)
         self.rules = tuple(_read_rules(policy_path))
         self._locations: dict[tuple[str, ...], str] = {}
-        for rule in self.rules:
+        for rule in self._load_order():
             self._add(rule, model_path, validate)
         log.info("policy loaded: %s rules from %s", len(self.rules), policy_path)
 
+    def _load_order(self) -> tuple[PolicyRule, ...]:
+        """Deny rules first where the model is allow-and-deny (see _DenyFirstEffector)."""
+        model = self._enforcer.model.model
+        tokens = model["p"]["p"].tokens if "p" in model.get("p", {}) else []
+        if model["e"]["e"].value != ALLOW_AND_DENY_EFFECT or "p_eft" not in tokens:
+            return self.rules
+        self._enforcer.set_effector(_DenyFirstEffector())
+        eft = tokens.index("p_eft")
+
+        def is_allow(rule: PolicyRule) -> bool:
+            return not (rule.ptype == "p" and rule.values[eft : eft + 1] == ("deny",))
+
+        return tuple(sorted(self.rules, key=is_allow))
+
     def _add(self, rule: PolicyRule, model_path: Path, validate: RuleValidator | None) -> None:
-        section = rule.ptype[0]
+        section = rule.ptype[:1]
         assertion = self._enforcer.model.model.get(section, {}).get(rule.ptype)
         if section not in ("p", "g") or assertion is None:
             raise PolicyLoadError(f"{rule.location}: {model_path} defines no {rule.ptype!r}")

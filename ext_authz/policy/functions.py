@@ -4,7 +4,8 @@ Path patterns are anchored and segment-based: a literal segment, ``{name}`` (one
 ``*`` (one segment) or a final ``**`` (zero or more segments). Query conditions are ``*`` (any) or
 ``&``-joined terms: ``name`` (present), ``!name`` (absent), ``name=value`` (some value equals),
 ``name!=value`` (no value equals). Values compare case-insensitively and comma-separated lists are
-split, because upstreams commonly accept ``include=Drafts`` or ``include=a,drafts`` too.
+split, because upstreams commonly accept ``include=Drafts`` or ``include=a,drafts`` too; names
+compare case-insensitively as well (some frameworks read ``Include`` as ``include``).
 """
 
 from __future__ import annotations
@@ -110,12 +111,12 @@ def parse_query_condition(condition: str) -> tuple[_Term, ...]:
             name, op, value = text, "present", ""
         if not name or any(ch in name for ch in "=!&"):
             raise ValueError(f"query condition {condition!r}: bad term {text!r}")
-        terms.append(_Term(name, op, value.casefold()))
+        terms.append(_Term(name.casefold(), op, value.casefold()))
     return tuple(terms)
 
 
 def _items(query: Query, name: str) -> list[str] | None:
-    values = [value for key, value in query if key == name]
+    values = [value for key, value in query if key.casefold() == name]
     if not values:
         return None
     return [item.strip().casefold() for value in values for item in value.split(",")]

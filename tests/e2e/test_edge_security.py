@@ -167,3 +167,15 @@ def test_tls_1_2_with_a_strong_cipher_works(stack) -> None:
         assert connection.getresponse().status == 200
     finally:
         connection.close()
+
+
+def test_method_override_header_is_refused(stack, client, token_for) -> None:
+    headers = [("X-HTTP-Method-Override", "DELETE")]
+    _assert_refused(
+        stack, client, 400, "/api/books/42", token=token_for("alice", "viewer"), headers=headers
+    )
+
+
+def test_semicolon_in_the_query_is_refused(stack, client, token_for) -> None:
+    token = token_for("alice", "viewer")
+    _assert_refused(stack, client, 400, "/api/books?x=1;include=drafts", token=token)
