@@ -4,8 +4,10 @@ together. `ext-authz demo` runs it; the end-to-end tests use it too.
 
 from __future__ import annotations
 
+import ctypes
 import http.client
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -29,6 +31,19 @@ from ext_authz.errors import StartupError
 __all__ = ["DemoStack", "find_envoy", "prepare_state"]
 
 STOP_TIMEOUT_S = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A pre-exec hook (Linux) so a child gets SIGTERM if the demo itself is killed."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: the hook only calls
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return hook
 
 
 def find_envoy() -> Path:
@@ -150,7 +165,12 @@ class DemoStack:
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = self._log(name).open("ab")
         self._logs.append(log)
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+        return subprocess.Popen(  # noqa: S603
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent(),  # noqa: PLW1509
+        )
 
     def _service_serving(self) -> bool:
         with grpc.insecure_channel(f"127.0.0.1:{self.ports.grpc}") as channel:
