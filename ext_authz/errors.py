@@ -8,11 +8,14 @@ they never contain a credential.
     ├── ConfigError                 bad settings file; at start the CLI exits 2
     │   └── PolicyLoadError         bad Casbin model or policy file
     ├── StartupError                a demo component did not start or answer its health check
+    ├── KeysUnavailableError        503 keys_unavailable: an issuer's keys are missing or stale
     ├── InvalidRequestError         400 invalid_request: a request we cannot interpret unambiguously
     ├── AuthenticationError         401 + WWW-Authenticate
     │   ├── MissingCredentialError  missing_credential (only where a credential is required)
     │   ├── InvalidTokenError       invalid_token
-    │   └── ExpiredTokenError       expired_token
+    │   │   ├── ExpiredTokenError   expired_token
+    │   │   └── RevokedTokenError   revoked_token (jti or subject on the denylist)
+    │   └── InvalidApiKeyError      invalid_api_key
     └── AccessDeniedError           403 access_denied
 """
 
@@ -25,9 +28,12 @@ __all__ = [
     "ExpiredTokenError",
     "ExtAuthzError",
     "InvalidRequestError",
+    "InvalidApiKeyError",
     "InvalidTokenError",
+    "KeysUnavailableError",
     "MissingCredentialError",
     "PolicyLoadError",
+    "RevokedTokenError",
     "StartupError",
 ]
 
@@ -84,6 +90,25 @@ class ExpiredTokenError(InvalidTokenError):
     """Raised when a token's ``exp`` has passed (beyond the allowed clock skew)."""
 
     code = "expired_token"
+
+
+class RevokedTokenError(InvalidTokenError):
+    """Raised when a token's ``jti`` or subject is on the denylist."""
+
+    code = "revoked_token"
+
+
+class InvalidApiKeyError(AuthenticationError):
+    """Raised when an API key is unknown or expired."""
+
+    code = "invalid_api_key"
+
+
+class KeysUnavailableError(ExtAuthzError):
+    """Raised when an issuer's keys were never loaded or are older than the maximum staleness:
+    tokens from it are refused (503) rather than checked against keys that may be revoked."""
+
+    code = "keys_unavailable"
 
 
 class AccessDeniedError(ExtAuthzError):

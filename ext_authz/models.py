@@ -47,16 +47,21 @@ class AuthRequest:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who is calling. ``authenticated`` is False only for the anonymous identity."""
+    """Who is calling. ``authenticated`` is False only for the anonymous identity.
+
+    ``method`` says how: ``jwt``, ``api_key``, ``mtls`` or ``anonymous``.
+    """
 
     subject: str
     roles: tuple[str, ...] = ()
     authenticated: bool = True
     issuer: str = ""
+    method: str = "jwt"
+    scopes: tuple[str, ...] = ()
     claims: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
 
 
-ANONYMOUS = Identity(subject="anonymous", authenticated=False)
+ANONYMOUS = Identity(subject="anonymous", authenticated=False, method="anonymous")
 
 
 @dataclass(frozen=True, slots=True)

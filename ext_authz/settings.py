@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -19,15 +20,23 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from ext_authz.errors import ConfigError
 
 __all__ = [
+    "ApiKeySettings",
+    "BearerSettings",
+    "CredentialSettings",
     "HeaderSettings",
+    "KeyRefreshSettings",
+    "MtlsIdentitySettings",
+    "MtlsSettings",
     "PolicySettings",
     "ProviderSettings",
     "Settings",
+    "TokenCacheSettings",
     "load_settings",
 ]
 
@@ -56,19 +65,54 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+class KeyRefreshSettings(_Section):
+    """How a provider's JWKS is kept fresh (URL and discovery sources; files are re-read on
+    change). All values are seconds."""
+
+    refresh_interval: int = Field(default=300, ge=1)  # when the response has no Cache-Control
+    min_refresh_interval: int = Field(default=60, ge=1)  # lower bound on Cache-Control max-age
+    max_refresh_interval: int = Field(default=3600, ge=1)  # upper bound on Cache-Control max-age
+    unknown_kid_interval: int = Field(default=30, ge=1)  # at most one refetch per interval
+    max_staleness: int = Field(default=86400, ge=1)  # keys older than this are not used
+    timeout: float = Field(default=5.0, gt=0, le=60)  # per HTTP request
+    initial_wait: float = Field(default=30.0, ge=0)  # start-up wait for the first key set
+
+    @model_validator(mode="after")
+    def _ordered(self) -> KeyRefreshSettings:
+        if self.min_refresh_interval > self.max_refresh_interval:
+            raise ValueError("min_refresh_interval is larger than max_refresh_interval")
+        return self
+
+
 class ProviderSettings(_Section):
     """One token issuer whose JWTs are accepted."""
 
     name: str = Field(min_length=1)
     issuer: str = Field(min_length=1)
     audiences: tuple[str, ...] = Field(min_length=1)
-    jwks_file: ConfigPath
+    # Exactly one key source: a JWKS file, a JWKS URL, or OIDC discovery from the issuer.
+    jwks_file: ConfigPath | None = None
+    jwks_url: str | None = None
+    discovery: bool = False
+    keys: KeyRefreshSettings = KeyRefreshSettings()
     algorithms: tuple[str, ...] = Field(default=("RS256",), min_length=1)
     clock_skew: int = Field(default=30, ge=0, le=300)
     max_lifetime: int = Field(default=86400, gt=0)
     max_token_bytes: int = Field(default=8192, ge=256)
+    required_claims: tuple[str, ...] = ()
+    typ: str | None = None  # e.g. "at+jwt" (RFC 9068); compared case-insensitively
     subject_claim: str = "sub"
-    roles_claim: str = "roles"
+    roles_claim: str = "roles"  # a dotted path, e.g. realm_access.roles
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ProviderSettings:
+        sources = [self.jwks_file is not None, self.jwks_url is not None, self.discovery]
+        if sum(sources) != 1:
+            raise ValueError("set exactly one key source: jwks_file, jwks_url or discovery: true")
+        for url in filter(None, (self.jwks_url, self.issuer if self.discovery else None)):
+            if not _https_or_loopback(url):
+                raise ValueError(f"{url!r}: keys are fetched over https only (http for loopback)")
+        return self
 
     @field_validator("algorithms")
     @classmethod
@@ -80,6 +124,61 @@ class ProviderSettings(_Section):
             # Mixing families lets a public key be used as an HMAC secret.
             raise ValueError("mixes HMAC (HS*) and asymmetric algorithms; list one family")
         return algorithms
+
+
+def _https_or_loopback(url: str) -> bool:
+    parsed = urlsplit(url)
+    if parsed.scheme == "https" and parsed.hostname:
+        return True
+    return parsed.scheme == "http" and parsed.hostname in ("127.0.0.1", "localhost", "::1")
+
+
+class BearerSettings(_Section):
+    """Where bearer tokens are read from. A token in more than one place is refused."""
+
+    header: bool = True  # Authorization: Bearer
+    cookie: str | None = None  # a cookie name
+    query_parameter: str | None = None  # off by default: URLs end up in logs and Referer
+
+
+class ApiKeySettings(_Section):
+    """API keys: a file of key hashes (never the keys), read from one header."""
+
+    file: ConfigPath
+    header: str = Field(default="x-api-key", pattern=_HEADER_NAME)
+
+    @field_validator("header")
+    @classmethod
+    def _lowercase(cls, name: str) -> str:
+        return name.lower()
+
+
+class MtlsIdentitySettings(_Section):
+    """Roles for peers whose principal matches ``principal`` (``*`` matches within a segment,
+    ``**`` across segments)."""
+
+    principal: str = Field(min_length=1)
+    roles: tuple[str, ...] = ()
+
+
+class MtlsSettings(_Section):
+    """Identity from the client certificate Envoy verified."""
+
+    # Read x-forwarded-client-cert only when the Envoy in front sanitizes or sets it.
+    trust_forwarded_client_cert: bool = False
+    identities: tuple[MtlsIdentitySettings, ...] = ()
+
+
+class CredentialSettings(_Section):
+    bearer: BearerSettings = BearerSettings()
+    api_keys: ApiKeySettings | None = None
+    mtls: MtlsSettings | None = None
+
+
+class TokenCacheSettings(_Section):
+    """Verified tokens are cached by hash until they expire, up to ``max_entries``."""
+
+    max_entries: int = Field(default=10000, ge=0)  # 0 turns the cache off
 
 
 class PolicySettings(_Section):
@@ -110,6 +209,9 @@ class Settings(_Section):
     threads: int = Field(default=16, ge=1, le=1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     providers: tuple[ProviderSettings, ...] = ()
+    credentials: CredentialSettings = CredentialSettings()
+    token_cache: TokenCacheSettings = TokenCacheSettings()
+    denylist_file: ConfigPath | None = None  # revoked jti values and subjects; re-read on change
     policy: PolicySettings
     headers: HeaderSettings = HeaderSettings()
 
