@@ -15,7 +15,8 @@ they never contain a credential.
     │   ├── InvalidTokenError       invalid_token
     │   │   ├── ExpiredTokenError   expired_token
     │   │   └── RevokedTokenError   revoked_token (jti or subject on the denylist)
-    │   └── InvalidApiKeyError      invalid_api_key
+    │   ├── InvalidApiKeyError      invalid_api_key
+    │   └── InvalidClientCertificateError  invalid_client_certificate
     └── AccessDeniedError           403 access_denied
 """
 
@@ -29,6 +30,7 @@ __all__ = [
     "ExtAuthzError",
     "InvalidRequestError",
     "InvalidApiKeyError",
+    "InvalidClientCertificateError",
     "InvalidTokenError",
     "KeysUnavailableError",
     "MissingCredentialError",
@@ -102,6 +104,12 @@ class InvalidApiKeyError(AuthenticationError):
     """Raised when an API key is unknown or expired."""
 
     code = "invalid_api_key"
+
+
+class InvalidClientCertificateError(AuthenticationError):
+    """Raised when a verified client certificate's identity cannot be used as a subject."""
+
+    code = "invalid_client_certificate"
 
 
 class KeysUnavailableError(ExtAuthzError):

@@ -7,8 +7,9 @@ a refusal here; anything else propagates to the servicer, which fails closed.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Mapping
 
-from ext_authz.credentials import extract_bearer_token
+from ext_authz.credentials import Credential, CredentialExtractor, CredentialKind
 from ext_authz.errors import (
     AccessDeniedError,
     AuthenticationError,
@@ -16,7 +17,8 @@ from ext_authz.errors import (
     InvalidRequestError,
     InvalidTokenError,
 )
-from ext_authz.identity import TokenVerifier
+from ext_authz.identity import Authenticator
+from ext_authz.identity.denylist import Denylist
 from ext_authz.models import ANONYMOUS, AuthRequest, Decision, Identity, Outcome
 from ext_authz.policy.engine import PolicyEngine
 
@@ -46,17 +48,25 @@ def refusal(
 class AuthPipeline:
     """Runs the phases for one request and returns the Decision."""
 
-    def __init__(self, verifier: TokenVerifier | None, engine: PolicyEngine) -> None:
-        self._verifier = verifier
+    def __init__(
+        self,
+        credentials: CredentialExtractor,
+        authenticators: Mapping[CredentialKind, Authenticator],
+        engine: PolicyEngine,
+        denylist: Callable[[], Denylist] | None = None,
+    ) -> None:
+        self._credentials = credentials
+        self._authenticators = authenticators
         self._engine = engine
+        self._denylist = denylist
 
     def evaluate(self, request: AuthRequest) -> Decision:
         decision_id = new_decision_id()
         identity = ANONYMOUS
         try:
-            token = extract_bearer_token(request)
-            if token is not None:
-                identity = self._authenticate(token)
+            credential = self._credentials.extract(request)
+            if credential is not None:
+                identity = self._authenticate(credential)
             result = self._engine.decide(identity, request)
         except ExtAuthzError as error:
             return refusal(error, decision_id, request.request_id, identity)
@@ -64,7 +74,7 @@ class AuthPipeline:
             outcome, reason, message = Outcome.ALLOW, "allowed", ""
         elif not identity.authenticated:
             outcome, reason = Outcome.UNAUTHENTICATED, "missing_credential"
-            message = "this request needs a bearer token"
+            message = "this request needs credentials"
         else:
             outcome, reason = Outcome.FORBIDDEN, AccessDeniedError.code
             message = "no policy rule allows this request"
@@ -72,7 +82,11 @@ class AuthPipeline:
             outcome, reason, decision_id, identity, result.matched_rule, message, request.request_id
         )
 
-    def _authenticate(self, token: str) -> Identity:
-        if self._verifier is None:
-            raise InvalidTokenError("this service has no token issuers configured")
-        return self._verifier.verify(token)
+    def _authenticate(self, credential: Credential) -> Identity:
+        authenticator = self._authenticators.get(credential.kind)
+        if authenticator is None:
+            raise InvalidTokenError(f"this service does not accept the {credential.source}")
+        identity = authenticator.authenticate(credential.value)
+        if self._denylist is not None:
+            self._denylist().check(identity)  # cache hits included: revocation is immediate
+        return identity

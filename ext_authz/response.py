@@ -24,7 +24,10 @@ OUTCOME_STATUS: dict[Outcome, tuple[int, int, str]] = {
     Outcome.ERROR: (503, code_pb2.UNAVAILABLE, "unavailable"),
 }
 # Our reason codes -> the RFC 6750 error code for WWW-Authenticate (none when no credential).
-_RFC6750_ERROR = {"invalid_token": "invalid_token", "expired_token": "invalid_token"}
+# RFC 6750: a request without credentials gets no error code; every rejected credential (bad,
+# expired, revoked token; unknown API key; unusable certificate) is "invalid_token", and our own
+# reason code says which in the body and the decision log.
+_NO_CREDENTIAL = "missing_credential"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
@@ -40,9 +43,8 @@ def _quoted(text: str) -> str:
 
 def _www_authenticate(decision: Decision) -> str:
     params = ['realm="ext-authz"']
-    error = _RFC6750_ERROR.get(decision.reason_code)
-    if error:
-        params += [f"error={_quoted(error)}", f"error_description={_quoted(decision.message)}"]
+    if decision.reason_code != _NO_CREDENTIAL:
+        params += ['error="invalid_token"', f"error_description={_quoted(decision.message)}"]
     return "Bearer " + ", ".join(params)
 
 
@@ -59,7 +61,11 @@ def _metadata(decision: Decision) -> struct_pb2.Struct:
 
 
 def _allow(
-    decision: Decision, request: AuthRequest, headers: HeaderSettings
+    decision: Decision,
+    request: AuthRequest,
+    headers: HeaderSettings,
+    credential_headers: tuple[str, ...],
+    credential_query: tuple[str, ...],
 ) -> external_auth_pb2.OkHttpResponse:
     identity = decision.identity
     to_set = {headers.subject: identity.subject}
@@ -69,9 +75,12 @@ def _allow(
     # remove one header in a response (Envoy then drops it).
     owned = {headers.subject, headers.roles}
     owned.update(name for name in request.headers if name.startswith(headers.owned_prefix))
+    # Credentials the upstream has no use for (API keys, tokens in the query) never reach it.
+    owned.update(credential_headers)
     return external_auth_pb2.OkHttpResponse(
         headers=[_header(name, value) for name, value in to_set.items()],
         headers_to_remove=sorted(owned - to_set.keys()),
+        query_parameters_to_remove=[n for n in credential_query if n in dict(request.query)],
     )
 
 
@@ -97,7 +106,11 @@ def _deny(decision: Decision) -> external_auth_pb2.DeniedHttpResponse:
 
 
 def to_check_response(
-    decision: Decision, request: AuthRequest | None, headers: HeaderSettings
+    decision: Decision,
+    request: AuthRequest | None,
+    headers: HeaderSettings,
+    credential_headers: tuple[str, ...] = (),
+    credential_query: tuple[str, ...] = (),
 ) -> external_auth_pb2.CheckResponse:
     """The CheckResponse Envoy acts on. ``request`` is None when it could not be parsed."""
     _, grpc_code, _ = OUTCOME_STATUS[decision.outcome]
@@ -105,7 +118,7 @@ def to_check_response(
     if decision.outcome is Outcome.ALLOW and request is not None:
         return external_auth_pb2.CheckResponse(
             status=status,
-            ok_response=_allow(decision, request, headers),
+            ok_response=_allow(decision, request, headers, credential_headers, credential_query),
             dynamic_metadata=_metadata(decision),
         )
     return external_auth_pb2.CheckResponse(

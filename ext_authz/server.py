@@ -14,26 +14,18 @@ from grpc_reflection.v1alpha import reflection
 
 from ext_authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from ext_authz.errors import ConfigError
-from ext_authz.identity.jwks import load_jwks_file
-from ext_authz.identity.jwt import JwtVerifier
-from ext_authz.pipeline import AuthPipeline
-from ext_authz.policy.engine import CasbinPolicyEngine
-from ext_authz.service import AuthorizationServicer, Runtime
+from ext_authz.runtime import Runtime, build_runtime
+from ext_authz.service import AuthorizationServicer
 from ext_authz.settings import Settings
 
-__all__ = ["RunningServer", "build_runtime", "build_server", "serve"]
+__all__ = ["RunningServer", "build_server", "serve"]
 
 log = logging.getLogger(__name__)
 
 AUTHORIZATION_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
 
 
-def build_runtime(settings: Settings) -> Runtime:
-    """Load keys and policies; raises ConfigError naming the file that is wrong."""
-    providers = [(p, load_jwks_file(p.jwks_file)) for p in settings.providers]
-    verifier = JwtVerifier(providers) if providers else None
-    engine = CasbinPolicyEngine.from_files(settings.policy.model, settings.policy.policy)
-    return Runtime(AuthPipeline(verifier, engine), settings.headers)
+READY_POLL_S = 0.2
 
 
 @dataclass
@@ -41,15 +33,28 @@ class RunningServer:
     server: grpc.Server
     health: health.HealthServicer
     port: int
+    stopping: threading.Event
 
     def stop(self, grace: float) -> None:
         """Report NOT_SERVING, stop accepting, and let in-flight checks finish within ``grace``."""
+        self.stopping.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
 
 
+def _report_serving_when_ready(
+    runtime: Runtime, health_servicer: health.HealthServicer, stopping: threading.Event
+) -> None:
+    # Until every issuer's keys are loaded Envoy should not route here: tokens would get 503s.
+    while not runtime.ready():
+        if stopping.wait(READY_POLL_S):
+            return
+    for service in ("", AUTHORIZATION_SERVICE):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+
 def build_server(settings: Settings, runtime: Runtime) -> RunningServer:
-    """A started server reporting SERVING: keys and policies are already in ``runtime``."""
+    """A started server; health reports SERVING once ``runtime`` has all its keys."""
     server = grpc.server(
         ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="check"),
         # Without this a second server could silently share the port with a stale one.
@@ -69,21 +74,47 @@ def build_server(settings: Settings, runtime: Runtime) -> RunningServer:
         raise ConfigError(f"listen: cannot listen on {settings.listen}: {exc}") from exc
     server.start()
     for service in ("", AUTHORIZATION_SERVICE):
-        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, health_servicer, port)
+        health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    stopping = threading.Event()
+    if runtime.ready():
+        _report_serving_when_ready(runtime, health_servicer, stopping)
+    else:
+        threading.Thread(
+            target=_report_serving_when_ready,
+            args=(runtime, health_servicer, stopping),
+            name="health-ready",
+            daemon=True,
+        ).start()
+    return RunningServer(server, health_servicer, port, stopping)
 
 
 def serve(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT, then drain in-flight checks and return 0."""
     runtime = build_runtime(settings)
-    running = build_server(settings, runtime)
-    host = settings.listen.rsplit(":", 1)[0]
-    log.info("serving ext_authz on %s:%s", host, running.port)
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
-    stopping.wait()
-    log.info("stopping: draining in-flight checks for up to %ss", settings.grace_period)
-    running.stop(settings.grace_period)
+    runtime.start()
+    try:
+        _wait_for_keys(settings, runtime, stopping)
+        running = build_server(settings, runtime)
+        host = settings.listen.rsplit(":", 1)[0]
+        log.info("serving ext_authz on %s:%s", host, running.port)
+        stopping.wait()
+        log.info("stopping: draining in-flight checks for up to %ss", settings.grace_period)
+        running.stop(settings.grace_period)
+    finally:
+        runtime.stop()
     log.info("stopped")
     return 0
+
+
+def _wait_for_keys(settings: Settings, runtime: Runtime, stopping: threading.Event) -> None:
+    """Give remote key sources a bounded head start, so the first requests are not 503s."""
+    for provider, store in zip(settings.providers, runtime.key_stores, strict=True):
+        if not store.wait_ready(provider.keys.initial_wait) and not stopping.is_set():
+            log.warning(
+                "no keys yet for provider %r; health stays NOT_SERVING and its tokens are "
+                "refused until they load",
+                provider.name,
+            )

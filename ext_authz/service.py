@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import grpc
 
@@ -13,22 +12,15 @@ from ext_authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_a
 from ext_authz.decision_log import log_decision
 from ext_authz.errors import ExtAuthzError, InvalidRequestError
 from ext_authz.models import AuthRequest, Decision, Outcome
-from ext_authz.pipeline import AuthPipeline, new_decision_id, refusal
+from ext_authz.pipeline import new_decision_id, refusal
 from ext_authz.request import request_id_of, to_auth_request
 from ext_authz.response import to_check_response
+from ext_authz.runtime import Runtime
 from ext_authz.settings import HeaderSettings
 
-__all__ = ["AuthorizationServicer", "Runtime"]
+__all__ = ["AuthorizationServicer"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    """What a Check reads: swapped as a whole, never mutated, so a request sees one snapshot."""
-
-    pipeline: AuthPipeline
-    headers: HeaderSettings
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
@@ -50,7 +42,13 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
                 decision = refusal(error, new_decision_id(), request_id_of(request))
             else:
                 decision = runtime.pipeline.evaluate(auth_request)
-            response = to_check_response(decision, auth_request, runtime.headers)
+            response = to_check_response(
+                decision,
+                auth_request,
+                runtime.headers,
+                runtime.credential_headers,
+                runtime.credential_query,
+            )
         except Exception as exc:  # fail closed: whatever broke, the answer is a refusal
             log.exception("check failed; refusing the request")
             code = exc.code if isinstance(exc, ExtAuthzError) else "internal_error"

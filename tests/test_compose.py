@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ext_authz.demo.keys import JWKS, TLS_CERT, TLS_KEY, ensure_demo_keys
+from ext_authz.demo.keys import CLIENT_CA_CERT, JWKS, TLS_CERT, TLS_KEY, ensure_demo_keys
 from ext_authz.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -350,7 +350,7 @@ def test_envoy_reads_the_tls_files_init_writes_into_the_state_volume(
         for node in _walk(envoy_config)
         if isinstance(node.get("filename"), str)
     }
-    assert files == {mount.target / TLS_CERT, mount.target / TLS_KEY}
+    assert files == {mount.target / TLS_CERT, mount.target / TLS_KEY, mount.target / CLIENT_CA_CERT}
     (config_mount,) = [m for m in _mounts(services[ENVOY]) if m.is_bind]
     assert (ROOT / config_mount.source).resolve() == ENVOY_CONFIG
     assert PurePosixPath(_option(services[ENVOY]["command"], "-c")) == config_mount.target
@@ -583,7 +583,8 @@ def test_shipped_envoy_config_validates_with_generated_certificates(
 ) -> None:
     keys = ensure_demo_keys(tmp_path / "state")
     text = ENVOY_CONFIG.read_text(encoding="utf-8")
-    assert text.count(ENVOY_STATE_PREFIX) == 2  # tls.crt and tls.key, nothing else
+    # tls.crt and tls.key (shared by https and mtls), client-ca.crt (mtls), nothing else.
+    assert text.count(ENVOY_STATE_PREFIX) == 3
     config = tmp_path / "envoy.yaml"
     config.write_text(text.replace(ENVOY_STATE_PREFIX, f"{keys.tls_cert.parent}/"))
     result = subprocess.run(

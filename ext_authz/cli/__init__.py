@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ext_authz import __version__
+from ext_authz.cli.apikey import apikey
 from ext_authz.cli.demo import demo
 from ext_authz.cli.serve import serve
 from ext_authz.cli.token import token
@@ -21,3 +22,4 @@ def main() -> None:
 main.add_command(serve)
 main.add_command(demo)
 main.add_command(token)
+main.add_command(apikey)

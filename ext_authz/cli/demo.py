@@ -46,6 +46,13 @@ _PORT = click.IntRange(1, 65535)
     "--upstream-port", type=_PORT, default=8000, show_default=True, help="The echo upstream."
 )
 @click.option(
+    "--mtls-port",
+    type=_PORT,
+    default=8444,
+    show_default=True,
+    help="https that requires the demo client certificate.",
+)
+@click.option(
     "--policies",
     type=click.Path(path_type=Path, file_okay=False, exists=True),
     default=None,
@@ -63,12 +70,18 @@ def demo(
     grpc_port: int,
     admin_port: int,
     upstream_port: int,
+    mtls_port: int,
     policies: Path | None,
     init_only: bool,
 ) -> None:
     """Run the whole thing locally; prints `ready` with the URL, stops on Ctrl-C or SIGTERM."""
     ports = DemoPorts(
-        https=https_port, http=http_port, grpc=grpc_port, admin=admin_port, upstream=upstream_port
+        https=https_port,
+        http=http_port,
+        grpc=grpc_port,
+        admin=admin_port,
+        upstream=upstream_port,
+        mtls=mtls_port,
     )
     with config_errors_exit():
         if init_only:
@@ -86,18 +99,21 @@ def demo(
             raise SystemExit(STARTUP_FAILED_EXIT) from None
         try:
             click.echo(f"ready {stack.url}")
-            click.echo(_hints(state_dir, stack.url))
+            click.echo(_hints(state_dir, stack.url, ports.mtls))
             stopping.wait()
         finally:
             stack.stop()
             click.echo("stopped")
 
 
-def _hints(state_dir: Path, url: str) -> str:
+def _hints(state_dir: Path, url: str, mtls_port: int) -> str:
+    ca = f"--cacert {state_dir}/tls.crt"
     return (
-        f"  try: curl --cacert {state_dir}/tls.crt {url}/public/hello\n"
-        f"       TOKEN=$(ext-authz token --state-dir {state_dir} --sub alice --role viewer)\n"
-        f'       curl --cacert {state_dir}/tls.crt -H "Authorization: Bearer $TOKEN"'
-        f" {url}/api/books\n"
+        f"  JWT:     TOKEN=$(ext-authz token --state-dir {state_dir} --sub alice --role viewer)\n"
+        f'           curl {ca} -H "Authorization: Bearer $TOKEN" {url}/api/books\n'
+        f'  API key: curl {ca} -H "x-api-key: $(cat {state_dir}/demo-api-key)"'
+        f" -X POST {url}/api/books\n"
+        f"  mTLS:    curl {ca} --cert {state_dir}/client.crt --key {state_dir}/client.key"
+        f" https://127.0.0.1:{mtls_port}/api/books\n"
         f"  logs: {state_dir}/ext-authz.log {state_dir}/envoy.log; Ctrl-C stops everything"
     )

@@ -1,12 +1,12 @@
 """Render the demo's Envoy config from the shipped ``envoy/envoy.yaml``.
 
 The shipped file is the one source of truth for every security setting. The demo only moves it
-onto loopback: listener/admin addresses and ports, cluster endpoints, and TLS file paths.
+onto loopback: listener/admin addresses and ports, cluster endpoints, and TLS file paths (the
+server certificate and key, and the client CA the ``mtls`` listener trusts).
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from ext_authz.demo.keys import CLIENT_CA_CERT, TLS_CERT, TLS_KEY
 from ext_authz.errors import ConfigError
 
 __all__ = ["DemoPorts", "load_envoy_config", "render_demo_config"]
@@ -45,6 +46,7 @@ class DemoPorts:
     grpc: int = 9191  # where ext-authz serves
     admin: int = 9901
     upstream: int = 8000  # where the echo upstream listens
+    mtls: int = 8444  # https that requires a client certificate signed by the demo client CA
 
 
 def load_envoy_config(path: Path) -> dict[str, Any]:
@@ -66,21 +68,39 @@ def render_demo_config(
     base: Mapping[str, Any], ports: DemoPorts, state_dir: Path
 ) -> dict[str, Any]:
     """Return a deep copy of ``base`` moved onto 127.0.0.1 with the demo's ports and TLS files."""
-    config: dict[str, Any] = copy.deepcopy(dict(base))
+    config: dict[str, Any] = _unshared_copy(dict(base))
     _bind_admin(config, ports.admin)
     listeners = _named(_section(config, "listeners"), "listener")
     clusters = _named(_section(config, "clusters"), "cluster")
     https = _require(listeners, "https", "listener")
     http = _require(listeners, "http", "listener")
+    mtls = _require(listeners, "mtls", "listener")
     for listener in listeners.values():
         _bind_loopback(listener, _port_of(listener))
     _bind_loopback(https, ports.https)
     _bind_loopback(http, ports.http)
+    _bind_loopback(mtls, ports.mtls)
     _set_redirect_port(http, ports.https)
-    _set_tls_files(https, state_dir.resolve())
+    state = state_dir.resolve()
+    _set_tls_files(https, state)
+    _set_tls_files(mtls, state)
+    _set_client_ca(mtls, state)
     _make_static(_require(clusters, "ext_authz", "cluster"), ports.grpc)
     _make_static(_require(clusters, "upstream", "cluster"), ports.upstream)
     return config
+
+
+def _unshared_copy(node: Any) -> Any:
+    """A deep copy in which every mapping and list is a new object, even where ``node`` shares one.
+
+    The shipped file shares sections between listeners through YAML aliases. Copied apart, each
+    listener can be changed on its own and the rendered YAML has no anchors.
+    """
+    if isinstance(node, dict):
+        return {key: _unshared_copy(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_unshared_copy(value) for value in node]
+    return node  # scalars (str, int, float, bool, None) are immutable
 
 
 def _yaml_error_message(path: Path, exc: yaml.YAMLError) -> str:
@@ -180,8 +200,23 @@ def _set_tls_files(listener: dict[str, Any], state_dir: Path) -> None:
     if not certificates:
         raise ConfigError(f"Envoy config: listener {listener['name']!r} has no tls_certificates")
     for cert in certificates:
-        cert["certificate_chain"] = {"filename": str(state_dir / "tls.crt")}
-        cert["private_key"] = {"filename": str(state_dir / "tls.key")}
+        cert["certificate_chain"] = {"filename": str(state_dir / TLS_CERT)}
+        cert["private_key"] = {"filename": str(state_dir / TLS_KEY)}
+
+
+def _set_client_ca(listener: dict[str, Any], state_dir: Path) -> None:
+    contexts = [
+        node["validation_context"]
+        for node in _walk(listener)
+        if isinstance(node.get("validation_context"), dict)
+        and "trusted_ca" in node["validation_context"]
+    ]
+    if not contexts:
+        raise ConfigError(
+            f"Envoy config: listener {listener['name']!r} has no validation_context.trusted_ca"
+        )
+    for context in contexts:
+        context["trusted_ca"] = {"filename": str(state_dir / CLIENT_CA_CERT)}
 
 
 def _make_static(cluster: dict[str, Any], port: int) -> None:

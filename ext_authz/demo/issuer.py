@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,8 +14,10 @@ __all__ = ["DEMO_AUDIENCE", "DEMO_ISSUER", "mint_demo_token", "service_settings"
 
 DEMO_ISSUER = "https://demo.ext-authz.local"
 DEMO_AUDIENCE = "demo-api"
+# Client certificates the demo's client CA issues; they get the viewer role.
+DEMO_CLIENT_PRINCIPALS = "spiffe://demo.ext-authz.local/client/*"
 # Set by the minting flags; --claim may not override them.
-REGISTERED_CLAIMS = frozenset({"iss", "aud", "sub", "iat", "nbf", "exp", "roles"})
+REGISTERED_CLAIMS = frozenset({"iss", "aud", "sub", "iat", "nbf", "exp", "roles", "jti"})
 
 
 def mint_demo_token(
@@ -36,12 +39,14 @@ def mint_demo_token(
         nbf=now,
         exp=now + ttl,
         roles=list(roles),
+        jti=secrets.token_urlsafe(12),  # lets the denylist revoke one token
     )
     return sign_token(claims, keys.issuer_key.read_text(encoding="ascii"), keys.kid)
 
 
 def service_settings(state_dir: Path, policies: Path, grpc_port: int) -> dict[str, object]:
     """The `serve` settings the demo runs with, as written to ``state_dir/config.yaml``."""
+    state = state_dir.resolve()
     return {
         "listen": f"127.0.0.1:{grpc_port}",
         "grace_period": 5,
@@ -50,10 +55,15 @@ def service_settings(state_dir: Path, policies: Path, grpc_port: int) -> dict[st
                 "name": "demo",
                 "issuer": DEMO_ISSUER,
                 "audiences": [DEMO_AUDIENCE],
-                "jwks_file": str(state_dir.resolve() / "jwks.json"),
+                "jwks_file": str(state / "jwks.json"),
                 "algorithms": ["RS256"],
             }
         ],
+        "credentials": {
+            "api_keys": {"file": str(state / "api-keys.yaml")},
+            "mtls": {"identities": [{"principal": DEMO_CLIENT_PRINCIPALS, "roles": ["viewer"]}]},
+        },
+        "denylist_file": str(state / "denylist.yaml"),
         "policy": {
             "model": str(policies / "model.conf"),
             "policy": str(policies / "policy.csv"),

@@ -2,9 +2,13 @@
 
 - ``tls.crt`` / ``tls.key``: self-signed ECDSA P-256 server certificate for Envoy (localhost).
 - ``issuer.key`` / ``jwks.json``: the demo issuer's RS256 signing key and its public JWKS.
+- ``client-ca.crt`` / ``client-ca.key``: the CA that Envoy's mTLS listener trusts for clients.
+- ``client.crt`` / ``client.key``: a client certificate signed by that CA, with the URI SAN
+  ``spiffe://demo.ext-authz.local/client/demo-client`` (what ext-authz sees as the peer principal).
 
 Each pair is generated together: if either file of a pair is missing, both are regenerated, so a
-crash between two writes can never leave a key that does not match its certificate or JWKS.
+crash between two writes can never leave a key that does not match its certificate or JWKS. A new
+client CA also means a new client certificate (the old one would no longer verify).
 """
 
 from __future__ import annotations
@@ -22,18 +26,25 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ext_authz.errors import ConfigError
 
-__all__ = ["DemoKeys", "ensure_demo_keys", "jwk_thumbprint", "rsa_public_jwk"]
+__all__ = ["DEMO_CLIENT_URI", "DemoKeys", "ensure_demo_keys", "jwk_thumbprint", "rsa_public_jwk"]
 
 TLS_CERT = "tls.crt"
 TLS_KEY = "tls.key"
 ISSUER_KEY = "issuer.key"
 JWKS = "jwks.json"
+CLIENT_CA_CERT = "client-ca.crt"
+CLIENT_CA_KEY = "client-ca.key"
+CLIENT_CERT = "client.crt"
+CLIENT_KEY = "client.key"
+# The demo client's identity: Envoy passes this URI SAN to ext-authz as source.principal.
+DEMO_CLIENT_URI = "spiffe://demo.ext-authz.local/client/demo-client"
 
 _PRIVATE_MODE = 0o600
 _PUBLIC_MODE = 0o644
@@ -49,6 +60,10 @@ class DemoKeys:
     issuer_key: Path
     jwks: Path
     kid: str
+    client_ca_cert: Path
+    client_ca_key: Path
+    client_cert: Path
+    client_key: Path
 
 
 def ensure_demo_keys(state_dir: Path) -> DemoKeys:
@@ -56,15 +71,36 @@ def ensure_demo_keys(state_dir: Path) -> DemoKeys:
     _ensure_private_dir(state_dir)
     tls_cert, tls_key = state_dir / TLS_CERT, state_dir / TLS_KEY
     issuer_key, jwks = state_dir / ISSUER_KEY, state_dir / JWKS
+    ca_cert, ca_key = state_dir / CLIENT_CA_CERT, state_dir / CLIENT_CA_KEY
+    client_cert, client_key = state_dir / CLIENT_CERT, state_dir / CLIENT_KEY
     if not (tls_cert.is_file() and tls_key.is_file()):
         _write_tls_pair(tls_cert, tls_key)
     if not (issuer_key.is_file() and jwks.is_file()):
         _write_issuer_pair(issuer_key, jwks)
+    if not (ca_cert.is_file() and ca_key.is_file()):
+        # Drop the old client pair first: a crash before the new one is written then leaves it
+        # missing (so it is regenerated), never signed by a CA that no longer exists.
+        for stale in (client_key, client_cert):
+            stale.unlink(missing_ok=True)
+        _write_client_ca_pair(ca_cert, ca_key)
+    if not (client_cert.is_file() and client_key.is_file()):
+        _write_client_pair(client_cert, client_key, ca_cert, ca_key)
     # Reused keys may have been copied in with loose permissions: a private key stays private.
-    for private in (tls_key, issuer_key):
+    for private in (tls_key, issuer_key, ca_key, client_key):
         private.chmod(_PRIVATE_MODE)
     kid = _read_kid(jwks, issuer_key)
-    return DemoKeys(tls_cert=tls_cert, tls_key=tls_key, issuer_key=issuer_key, jwks=jwks, kid=kid)
+    _check_client_pair(client_cert, client_key, ca_cert)
+    return DemoKeys(
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        issuer_key=issuer_key,
+        jwks=jwks,
+        kid=kid,
+        client_ca_cert=ca_cert,
+        client_ca_key=ca_key,
+        client_cert=client_cert,
+        client_key=client_key,
+    )
 
 
 def rsa_public_jwk(public_key: rsa.RSAPublicKey) -> dict[str, str]:
@@ -155,17 +191,120 @@ def _self_signed_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificat
 
 def _server_key_usage() -> x509.KeyUsage:
     # ECDHE with an ECDSA certificate only needs signatures.
+    return _key_usage(digital_signature=True)
+
+
+def _key_usage(*, digital_signature: bool = False, cert_sign: bool = False) -> x509.KeyUsage:
     return x509.KeyUsage(
-        digital_signature=True,
+        digital_signature=digital_signature,
         content_commitment=False,
         key_encipherment=False,
         data_encipherment=False,
         key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
         encipher_only=False,
         decipher_only=False,
     )
+
+
+def _write_client_ca_pair(cert_path: Path, key_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ext-authz demo client CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=_CERT_DAYS))
+        # path_length 0: it signs client certificates only, never another CA.
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _atomic_write(key_path, _private_pem(key), _PRIVATE_MODE)
+    _atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), _PUBLIC_MODE)
+
+
+def _write_client_pair(
+    cert_path: Path, key_path: Path, ca_cert_path: Path, ca_key_path: Path
+) -> None:
+    ca_cert = _load_certificate(ca_cert_path)
+    ca_key = _load_ec_key(ca_key_path, "demo client CA key")
+    if ca_cert.public_key() != ca_key.public_key():
+        raise ConfigError(
+            f"{ca_key_path}: does not match {ca_cert_path}; delete both to generate a new pair"
+        )
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "demo-client")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        # Never outlive the CA: a chain is only valid while every certificate in it is.
+        .not_valid_after(min(now + dt.timedelta(days=_CERT_DAYS), ca_cert.not_valid_after_utc))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(DEMO_CLIENT_URI)]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(_key_usage(digital_signature=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(_authority_key_identifier(ca_cert, ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _atomic_write(key_path, _private_pem(key), _PRIVATE_MODE)
+    _atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), _PUBLIC_MODE)
+
+
+def _authority_key_identifier(
+    ca_cert: x509.Certificate, ca_public: ec.EllipticCurvePublicKey
+) -> x509.AuthorityKeyIdentifier:
+    # Copy the CA's own SKI where it has one: verifiers build the chain by matching the two.
+    try:
+        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public)
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def _check_client_pair(cert_path: Path, key_path: Path, ca_cert_path: Path) -> None:
+    """A reused client pair must still belong together and chain to the current client CA."""
+    cert = _load_certificate(cert_path)
+    fix = f"delete {cert_path} and {key_path} to generate a new pair"
+    try:
+        cert.verify_directly_issued_by(_load_certificate(ca_cert_path))
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        # Envoy would refuse it in the handshake with a far less helpful message.
+        raise ConfigError(f"{cert_path}: not signed by {ca_cert_path}; {fix}") from exc
+    if cert.public_key() != _load_ec_key(key_path, "demo client key").public_key():
+        raise ConfigError(f"{key_path}: does not match {cert_path}; {fix}")
+
+
+def _load_certificate(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot load demo certificate: {exc}") from exc
+
+
+def _load_ec_key(path: Path, what: str) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        # The exception text describes the format problem, never the key bytes.
+        raise ConfigError(f"{path}: cannot load {what}: {exc}") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{path}: {what} must be an EC private key")
+    return key
 
 
 def _write_issuer_pair(key_path: Path, jwks_path: Path) -> None:

@@ -22,6 +22,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ext_authz.assets import bundled_path
+from ext_authz.demo.credentials import ensure_demo_credentials
 from ext_authz.demo.envoy_config import DemoPorts, load_envoy_config, render_demo_config
 from ext_authz.demo.issuer import service_settings
 from ext_authz.demo.keys import DemoKeys, ensure_demo_keys
@@ -60,6 +61,7 @@ def find_envoy() -> Path:
 def prepare_state(state_dir: Path, ports: DemoPorts, policies: Path | None = None) -> DemoKeys:
     """Generate keys (first start only) and write config.yaml and envoy.yaml into the state dir."""
     keys = ensure_demo_keys(state_dir)
+    ensure_demo_credentials(state_dir)
     settings = service_settings(state_dir, policies or bundled_path("policies"), ports.grpc)
     (state_dir / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     envoy = render_demo_config(

@@ -1,4 +1,4 @@
-"""Authentication: the TokenVerifier seam and its JWT implementation."""
+"""Authentication: the Authenticator seam and its implementations (JWT, API key, mTLS)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from typing import Protocol
 
 from ext_authz.models import Identity
 
-__all__ = ["TokenVerifier"]
+__all__ = ["Authenticator"]
 
 
-class TokenVerifier(Protocol):
-    def verify(self, token: str) -> Identity:
-        """Return the caller's identity; raises AuthenticationError."""
+class Authenticator(Protocol):
+    def authenticate(self, value: str) -> Identity:
+        """Return the identity a credential proves; raises AuthenticationError."""
         ...

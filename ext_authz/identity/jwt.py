@@ -11,20 +11,32 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Protocol
 
 from jose import jwk, jws, jwt
 from jose.exceptions import JOSEError
 
-from ext_authz.errors import ConfigError, ExpiredTokenError, InvalidTokenError
+from ext_authz.errors import (
+    ConfigError,
+    ExpiredTokenError,
+    InvalidTokenError,
+    KeysUnavailableError,
+)
+from ext_authz.identity.cache import CachedToken, TokenCache
+from ext_authz.identity.jwks import KeySet
+from ext_authz.identity.values import header_safety_problem
 from ext_authz.models import Identity
 from ext_authz.settings import ProviderSettings
 
-__all__ = ["JwtVerifier", "sign_token"]
+__all__ = ["JwtVerifier", "KeySource", "sign_token"]
+
+log = logging.getLogger(__name__)
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 # Header parameters that would let the token choose its own key or processing rules.
@@ -32,8 +44,6 @@ _FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit", "zip")
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "HS": "oct"}
 _PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi")
 # Identity values are sent upstream in headers (roles comma-joined): no controls, no commas.
-# Also no leading or trailing space: an upstream that trims would read "viewer, admin" as "admin".
-_HEADER_SAFE = re.compile(r"[^\s,\x00-\x1f\x7f](?:[^,\x00-\x1f\x7f]*[^\s,\x00-\x1f\x7f])?")
 # NumericDate bounds: 0 .. 9999-12-31; anything else is not a date (and 10**400 overflows float).
 _MAX_NUMERIC_DATE = 253402300799
 
@@ -90,6 +100,31 @@ def _numeric_date(claims: Mapping[str, object], name: str) -> float | None:
     return float(value)
 
 
+def _check_type(settings: ProviderSettings, header: Mapping[str, object]) -> None:
+    """RFC 8725 3.11 / RFC 9068: an explicit typ keeps other JWT kinds (ID tokens, logout
+    tokens) from being accepted as access tokens."""
+    if settings.typ is None:
+        return
+    typ = header.get("typ")
+    normalized = typ.lower().removeprefix("application/") if isinstance(typ, str) else None
+    if normalized != settings.typ.lower().removeprefix("application/"):
+        raise InvalidTokenError(f"token type ('typ') must be {settings.typ!r}")
+
+
+def _scopes(claims: Mapping[str, object]) -> tuple[str, ...]:
+    """OAuth scopes from ``scope`` (space-separated, RFC 8693) and/or ``scp`` (a list)."""
+    scopes: list[str] = []
+    for name in ("scope", "scp"):
+        value = claims.get(name)
+        if isinstance(value, str):
+            scopes.extend(value.split())
+        elif isinstance(value, list):
+            scopes.extend(item for item in value if isinstance(item, str))
+        elif value is not None:
+            raise InvalidTokenError(f"token claim '{name}' is not a scope list")
+    return tuple(dict.fromkeys(scopes))
+
+
 def _claim_at(claims: Mapping[str, object], path: str) -> object:
     value: object = claims
     for part in path.split("."):
@@ -99,35 +134,80 @@ def _claim_at(claims: Mapping[str, object], path: str) -> object:
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class _Provider:
-    settings: ProviderSettings
-    keys: Mapping[tuple[str | None, str], jwk.Key]  # (kid, alg) -> prebuilt key
+class KeySource(Protocol):
+    """Where a provider's keys come from (identity/jwks.py KeyStore)."""
+
+    def current(self) -> KeySet:
+        """The current key set; raises KeysUnavailableError when missing or stale."""
+        ...
+
+    def request_refresh(self) -> None:
+        """Ask for a refetch (an unknown kid was seen); never blocks."""
+        ...
+
+
+Keys = Mapping[tuple[str | None, str], jwk.Key]  # (kid, alg) -> prebuilt key
 
 
 def _build_keys(
     settings: ProviderSettings, jwks: Sequence[Mapping[str, object]]
-) -> dict[tuple[str | None, str], jwk.Key]:
+) -> tuple[dict[tuple[str | None, str], jwk.Key], list[str]]:
+    """Prebuild every usable (kid, alg) key; returns the keys and the problems found."""
     keys: dict[tuple[str | None, str], jwk.Key] = {}
+    problems = []
     for index, entry in enumerate(jwks):
-        where = f"{settings.jwks_file}: keys[{index}]"
+        where = f"provider {settings.name!r}: keys[{index}]"
         if any(member in entry for member in _PRIVATE_JWK_MEMBERS) and entry["kty"] != "oct":
-            raise ConfigError(f"{where} holds private key material; publish public keys only")
+            problems.append(f"{where} holds private key material; publish public keys only")
+            continue
         kid = entry.get("kid")
         if kid is not None and not isinstance(kid, str):
-            raise ConfigError(f"{where}: 'kid' must be a string")
+            problems.append(f"{where}: 'kid' must be a string")
+            continue
         for alg in settings.algorithms:
             if _KEY_TYPES[alg[:2]] != entry["kty"] or entry.get("alg", alg) != alg:
                 continue  # a key is only ever used with an algorithm of its own type
             try:
                 keys[(kid, alg)] = jwk.construct(dict(entry), algorithm=alg)
             except JOSEError as exc:
-                raise ConfigError(f"{where}: cannot build a {alg} key: {exc}") from exc
+                problems.append(f"{where}: cannot build a {alg} key: {exc}")
     if not keys:
-        raise ConfigError(
-            f"{settings.jwks_file}: no key usable with algorithms {list(settings.algorithms)}"
+        problems.append(
+            f"provider {settings.name!r}: no key usable with algorithms {list(settings.algorithms)}"
         )
-    return keys
+    return keys, problems
+
+
+class _Provider:
+    """A provider's settings, key source, and keys prebuilt for the source's current version."""
+
+    def __init__(self, settings: ProviderSettings, source: KeySource) -> None:
+        self.settings = settings
+        self.source = source
+        self._lock = threading.Lock()
+        self._version = -1
+        self._keys: Keys = {}
+
+    def check_keys(self) -> None:
+        """At start-up: a loaded key set with a bad key is a ConfigError, not a warning."""
+        try:
+            keyset = self.source.current()
+        except KeysUnavailableError:
+            return  # a URL source that has not loaded yet
+        _, problems = _build_keys(self.settings, keyset.keys)
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def keys(self) -> tuple[int, Keys]:
+        keyset = self.source.current()
+        if keyset.version != self._version:
+            with self._lock:
+                if keyset.version != self._version:
+                    keys, problems = _build_keys(self.settings, keyset.keys)
+                    for problem in problems:
+                        log.error("key set ignored in part: %s", problem)
+                    self._keys, self._version = keys, keyset.version
+        return self._version, self._keys
 
 
 class JwtVerifier:
@@ -135,20 +215,28 @@ class JwtVerifier:
 
     def __init__(
         self,
-        providers: Sequence[tuple[ProviderSettings, Sequence[Mapping[str, object]]]],
+        providers: Sequence[tuple[ProviderSettings, KeySource]],
+        cache: TokenCache | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._providers = {
-            settings.issuer: _Provider(settings, _build_keys(settings, jwks))
-            for settings, jwks in providers
-        }
+        self._providers = {settings.issuer: _Provider(settings, src) for settings, src in providers}
+        for provider in self._providers.values():
+            provider.check_keys()
         self._max_bytes = max((s.max_token_bytes for s, _ in providers), default=0)
+        self._cache = cache
         self._clock = clock
 
-    def verify(self, token: str) -> Identity:
-        """Return the caller's Identity; raises InvalidTokenError or ExpiredTokenError."""
+    def authenticate(self, token: str) -> Identity:
+        """Return the caller's Identity; raises InvalidTokenError (or a subclass), or
+        KeysUnavailableError when the issuer's keys are missing or stale."""
         if len(token) > self._max_bytes:
             raise InvalidTokenError(f"token is larger than {self._max_bytes} bytes")
+        now = self._clock()
+        cached = self._cache.get(token, now) if self._cache else None
+        if cached is not None:
+            version, _ = self._providers[cached.identity.issuer].keys()
+            if version == cached.key_version:  # else a key may have been removed: verify again
+                return cached.identity
         parts = token.split(".")
         if len(parts) != 3:
             raise InvalidTokenError("token is not a signed JWT (expected three parts)")
@@ -162,17 +250,27 @@ class JwtVerifier:
         settings = provider.settings
         if len(token) > settings.max_token_bytes:
             raise InvalidTokenError(f"token is larger than {settings.max_token_bytes} bytes")
-        key, alg = self._select_key(provider, header)
+        _check_type(settings, header)
+        version, keys = provider.keys()
+        key, alg = self._select_key(provider, keys, header)
         try:
             jws.verify(token, key, algorithms=[alg])
         except (JOSEError, RecursionError) as exc:
             raise InvalidTokenError("token signature verification failed") from exc
-        self._check_times(settings, claims)
+        expires = self._check_times(settings, claims, now)
         self._check_audience(settings, claims)
-        return self._identity(settings, claims)
+        missing = [name for name in settings.required_claims if claims.get(name) is None]
+        if missing:
+            raise InvalidTokenError(f"token has no '{missing[0]}' claim")
+        identity = self._identity(settings, claims)
+        if self._cache is not None:
+            self._cache.put(token, CachedToken(identity, expires, version))
+        return identity
 
     @staticmethod
-    def _select_key(provider: _Provider, header: Mapping[str, object]) -> tuple[jwk.Key, str]:
+    def _select_key(
+        provider: _Provider, keys: Keys, header: Mapping[str, object]
+    ) -> tuple[jwk.Key, str]:
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in provider.settings.algorithms:
             raise InvalidTokenError("token algorithm ('alg') is not allowed for this issuer")
@@ -186,17 +284,19 @@ class JwtVerifier:
             raise InvalidTokenError("nested tokens (cty: JWT) are not accepted")
         kid = header.get("kid")
         if kid is not None:
-            key = provider.keys.get((kid, alg)) if isinstance(kid, str) else None
+            key = keys.get((kid, alg)) if isinstance(kid, str) else None
             if key is None:
+                provider.source.request_refresh()  # maybe rotated in; the refetch is rate limited
                 raise InvalidTokenError("token key id ('kid') is unknown")
             return key, alg
-        candidates = [key for (_, key_alg), key in provider.keys.items() if key_alg == alg]
+        candidates = [key for (_, key_alg), key in keys.items() if key_alg == alg]
         if len(candidates) != 1:
             raise InvalidTokenError("token has no key id ('kid') and the issuer has several keys")
         return candidates[0], alg
 
-    def _check_times(self, settings: ProviderSettings, claims: Mapping[str, object]) -> None:
-        now = self._clock()
+    @staticmethod
+    def _check_times(settings: ProviderSettings, claims: Mapping[str, object], now: float) -> float:
+        """Check exp, nbf, iat and the lifetime; returns exp."""
         skew = settings.clock_skew
         expires = _numeric_date(claims, "exp")
         if expires is None:
@@ -214,6 +314,7 @@ class JwtVerifier:
             raise InvalidTokenError(
                 f"token lifetime exceeds the maximum of {settings.max_lifetime} seconds"
             )
+        return expires
 
     @staticmethod
     def _check_audience(settings: ProviderSettings, claims: Mapping[str, object]) -> None:
@@ -227,7 +328,7 @@ class JwtVerifier:
     @staticmethod
     def _identity(settings: ProviderSettings, claims: Mapping[str, object]) -> Identity:
         subject = _claim_at(claims, settings.subject_claim)
-        if not isinstance(subject, str) or not _HEADER_SAFE.fullmatch(subject):
+        if not isinstance(subject, str) or header_safety_problem(subject):
             raise InvalidTokenError(
                 f"token has no usable '{settings.subject_claim}' (subject) claim"
             )
@@ -240,12 +341,14 @@ class JwtVerifier:
             roles = tuple(raw_roles)
         else:
             raise InvalidTokenError(f"token claim '{settings.roles_claim}' is not a list of roles")
-        if not all(_HEADER_SAFE.fullmatch(role) for role in roles):
+        if any(header_safety_problem(role) for role in roles):
             raise InvalidTokenError(f"token claim '{settings.roles_claim}' has an unusable role")
         return Identity(
             subject=subject,
             roles=roles,
             issuer=settings.issuer,
+            method="jwt",
+            scopes=_scopes(claims),
             claims=MappingProxyType(dict(claims)),
         )
 

@@ -29,8 +29,8 @@ def free_ports(count: int) -> list[int]:
 
 
 def demo_ports() -> DemoPorts:
-    https, http_, grpc_, admin, upstream = free_ports(5)
-    return DemoPorts(https=https, http=http_, grpc=grpc_, admin=admin, upstream=upstream)
+    https, http_, grpc_, admin, upstream, mtls = free_ports(6)
+    return DemoPorts(https=https, http=http_, grpc=grpc_, admin=admin, upstream=upstream, mtls=mtls)
 
 
 @dataclass

@@ -40,6 +40,8 @@ def test_demo_command_prints_ready_serves_tokens_and_stops_everything(tmp_path: 
         str(ports.admin),
         "--upstream-port",
         str(ports.upstream),
+        "--mtls-port",
+        str(ports.mtls),
     ]
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as demo:
         try:
@@ -96,6 +98,8 @@ def test_demo_reports_a_port_in_use_and_exits_non_zero(tmp_path: Path) -> None:
                 str(ports.admin),
                 "--upstream-port",
                 str(ports.upstream),
+                "--mtls-port",
+                str(ports.mtls),
             ],
             capture_output=True,
             text=True,

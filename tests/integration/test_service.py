@@ -15,13 +15,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from ext_authz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
+from ext_authz.credentials import CredentialExtractor
 from ext_authz.decision_log import JsonFormatter
 from ext_authz.errors import ConfigError
 from ext_authz.models import AuthRequest, Identity, PolicyResult
 from ext_authz.pipeline import AuthPipeline
-from ext_authz.server import AUTHORIZATION_SERVICE, RunningServer, build_runtime, build_server
-from ext_authz.service import AuthorizationServicer, Runtime
-from ext_authz.settings import HeaderSettings, Settings, load_settings
+from ext_authz.runtime import Runtime, build_runtime
+from ext_authz.server import AUTHORIZATION_SERVICE, RunningServer, build_server
+from ext_authz.service import AuthorizationServicer
+from ext_authz.settings import CredentialSettings, HeaderSettings, Settings, load_settings
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 TIMEOUT = 5
@@ -233,7 +235,13 @@ def broken_runtime() -> Runtime:
 
 @pytest.mark.parametrize(
     "runtime",
-    [broken_runtime, lambda: Runtime(AuthPipeline(None, ExplodingEngine()), HeaderSettings())],
+    [
+        broken_runtime,
+        lambda: Runtime(
+            AuthPipeline(CredentialExtractor(CredentialSettings(), None), {}, ExplodingEngine()),
+            HeaderSettings(),
+        ),
+    ],
     ids=["runtime-raises", "engine-raises"],
 )
 def test_internal_error_fails_closed_with_503(make_check_request, runtime, caplog) -> None:

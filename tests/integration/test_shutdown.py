@@ -15,8 +15,8 @@ from ext_authz._proto.envoy.service.auth.v3 import (
     external_auth_pb2_grpc,
 )
 from ext_authz.models import AuthRequest, Decision, Outcome
+from ext_authz.runtime import Runtime
 from ext_authz.server import build_server
-from ext_authz.service import Runtime
 from ext_authz.settings import HeaderSettings, PolicySettings, Settings
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"

@@ -1,26 +1,50 @@
-"""The shipped Envoy config and its demo rendering: fail closed, normalized paths, loopback only."""
+"""The shipped Envoy config and its demo rendering: fail closed, normalized paths, loopback only,
+and an mTLS listener whose verified client identity reaches ext-authz (checked with the real
+Envoy)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import datetime as dt
+import http.client
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from google.rpc import code_pb2, status_pb2
 
+from ext_authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from ext_authz.assets import bundled_path
 from ext_authz.demo.envoy_config import DemoPorts, load_envoy_config, render_demo_config
-from ext_authz.demo.keys import ensure_demo_keys
+from ext_authz.demo.keys import DEMO_CLIENT_URI, DemoKeys, ensure_demo_keys
 from ext_authz.errors import ConfigError
+from ext_authz.identity.mtls import MtlsAuthenticator, forwarded_principal
+from ext_authz.models import AuthRequest
+from ext_authz.request import to_auth_request
+from ext_authz.settings import MtlsSettings
 
-PORTS = DemoPorts(https=18443, http=18080, grpc=19191, admin=19901, upstream=18000)
+PORTS = DemoPorts(https=18443, http=18080, grpc=19191, admin=19901, upstream=18000, mtls=18444)
 SHIPPED_STATE_DIR = "/etc/ext-authz/state"
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
+XFCC = "x-forwarded-client-cert"
+SPOOFED_XFCC = "URI=spiffe://evil.example/admin"
 
 
 def shipped_path() -> Path:
@@ -80,8 +104,8 @@ def hcm(config: dict[str, Any], listener: str) -> dict[str, Any]:
     return manager  # type: ignore[no-any-return]
 
 
-def ext_authz_filter(config: dict[str, Any]) -> dict[str, Any]:
-    filters = hcm(config, "https")["http_filters"]
+def ext_authz_filter(config: dict[str, Any], listener: str = "https") -> dict[str, Any]:
+    filters = hcm(config, listener)["http_filters"]
     (found,) = [f["typed_config"] for f in filters if f["name"] == EXT_AUTHZ_FILTER]
     return found  # type: ignore[no-any-return]
 
@@ -99,13 +123,21 @@ def endpoints(cluster: dict[str, Any]) -> list[tuple[str, int]]:
     ]
 
 
-def tls_files(config: dict[str, Any]) -> list[str]:
+def tls_files(config: dict[str, Any], listener: str) -> list[str]:
     return [
         cert[key]["filename"]
-        for node in walk(config)
+        for node in walk(by_name(config, "listeners", listener))
         for cert in node.get("tls_certificates", [])
         for key in ("certificate_chain", "private_key")
     ]
+
+
+def tls_context(config: dict[str, Any], listener: str) -> dict[str, Any]:
+    (context,) = [
+        chain["transport_socket"]["typed_config"]
+        for chain in by_name(config, "listeners", listener)["filter_chains"]
+    ]
+    return context  # type: ignore[no-any-return]
 
 
 # --- the shipped config ---------------------------------------------------------------------
@@ -115,7 +147,7 @@ def test_shipped_config_passes_envoy_validate_when_only_tls_paths_change(tmp_pat
     # Validate opens and checks the TLS files, so point them at real ones; nothing else changes.
     keys = ensure_demo_keys(tmp_path / "state")
     text = shipped_path().read_text(encoding="utf-8")
-    assert text.count(SHIPPED_STATE_DIR) == 2
+    assert text.count(SHIPPED_STATE_DIR) == 3  # tls.crt, tls.key, client-ca.crt
     config_file = tmp_path / "shipped.yaml"
     config_file.write_text(text.replace(SHIPPED_STATE_DIR, str(keys.tls_cert.parent)))
     result = envoy_validate(config_file)
@@ -143,11 +175,40 @@ def test_shipped_config_routes_through_https_only(shipped: dict[str, Any]) -> No
 
 
 def test_shipped_config_accepts_only_strong_tls(shipped: dict[str, Any]) -> None:
-    (params,) = [n["tls_params"] for n in walk(shipped) if "tls_params" in n]
-    assert params["tls_minimum_protocol_version"] == "TLSv1_2"
-    for suite in params["cipher_suites"]:
-        assert suite.startswith("ECDHE-"), suite
-        assert "GCM" in suite or "CHACHA20-POLY1305" in suite, suite
+    every_params = [n["tls_params"] for n in walk(shipped) if "tls_params" in n]
+    assert len(every_params) == 2  # https and mtls
+    for params in every_params:
+        assert params["tls_minimum_protocol_version"] == "TLSv1_2"
+        for suite in params["cipher_suites"]:
+            assert suite.startswith("ECDHE-"), suite
+            assert "GCM" in suite or "CHACHA20-POLY1305" in suite, suite
+
+
+def test_shipped_mtls_listener_requires_a_certificate_from_the_client_ca(
+    shipped: dict[str, Any],
+) -> None:
+    context = tls_context(shipped, "mtls")
+    assert context["require_client_certificate"] is True
+    validation = context["common_tls_context"]["validation_context"]
+    assert validation == {"trusted_ca": {"filename": f"{SHIPPED_STATE_DIR}/client-ca.crt"}}
+    # Same server certificate, TLS parameters and ALPN as https; only client auth is added.
+    https = tls_context(shipped, "https")["common_tls_context"]
+    mtls = dict(context["common_tls_context"])
+    mtls.pop("validation_context")
+    assert mtls == https
+    assert "validation_context" not in https and "require_client_certificate" not in https
+
+
+def test_shipped_mtls_listener_handles_http_exactly_like_https(shipped: dict[str, Any]) -> None:
+    mtls_chains = by_name(shipped, "listeners", "mtls")["filter_chains"]
+    https_chains = by_name(shipped, "listeners", "https")["filter_chains"]
+    assert [c["filters"] for c in mtls_chains] == [c["filters"] for c in https_chains]
+    authz = ext_authz_filter(shipped, "mtls")
+    assert authz["failure_mode_allow"] is False
+    # source.principal and the certificate are what ext-authz derives the mTLS identity from.
+    assert authz["include_peer_certificate"] is True
+    # Default SANITIZE: a client's own x-forwarded-client-cert never reaches ext-authz.
+    assert "forward_client_cert_details" not in hcm(shipped, "mtls")
 
 
 def test_shipped_admin_listens_on_loopback_only(shipped: dict[str, Any]) -> None:
@@ -177,6 +238,7 @@ def test_rendered_config_binds_every_listener_to_loopback(rendered: dict[str, An
 def test_rendered_config_uses_the_requested_ports(rendered: dict[str, Any]) -> None:
     assert socket_address(by_name(rendered, "listeners", "https"))[1] == PORTS.https
     assert socket_address(by_name(rendered, "listeners", "http"))[1] == PORTS.http
+    assert socket_address(by_name(rendered, "listeners", "mtls"))[1] == PORTS.mtls
     assert socket_address(rendered["admin"])[1] == PORTS.admin
 
 
@@ -207,7 +269,23 @@ def test_rendered_tls_files_are_absolute_paths_in_the_state_dir(
     monkeypatch.chdir(tmp_path)
     config = render_demo_config(shipped, PORTS, Path("relative-state"))
     state_dir = (tmp_path / "relative-state").resolve()
-    assert tls_files(config) == [str(state_dir / "tls.crt"), str(state_dir / "tls.key")]
+    for listener in ("https", "mtls"):
+        assert tls_files(config, listener) == [
+            str(state_dir / "tls.crt"),
+            str(state_dir / "tls.key"),
+        ]
+    validation = tls_context(config, "mtls")["common_tls_context"]["validation_context"]
+    assert validation == {"trusted_ca": {"filename": str(state_dir / "client-ca.crt")}}
+
+
+def test_rendered_listeners_share_no_objects_and_the_yaml_has_no_anchors(
+    rendered: dict[str, Any],
+) -> None:
+    # The shipped file shares sections through YAML aliases; the rendering copies them apart.
+    https, mtls = (by_name(rendered, "listeners", name) for name in ("https", "mtls"))
+    https_ids = {id(node) for node in walk(https)}
+    assert not any(id(node) in https_ids for node in walk(mtls))
+    assert "&id" not in yaml.safe_dump(rendered)
 
 
 def test_rendered_config_keeps_fail_closed_and_path_normalization(
@@ -236,11 +314,14 @@ def _without_rendered_fields(config: dict[str, Any]) -> dict[str, Any]:
         cluster.pop("type")
         cluster.pop("load_assignment")
     for node in walk(stripped):
+        # pop(..., None): aliased nodes of the shipped file are visited once per listener.
         if isinstance(node.get("redirect"), dict):
             node["redirect"].pop("port_redirect", None)
         for cert in node.get("tls_certificates", []):
-            cert.pop("certificate_chain")
-            cert.pop("private_key")
+            cert.pop("certificate_chain", None)
+            cert.pop("private_key", None)
+        if isinstance(node.get("validation_context"), dict):
+            node["validation_context"].pop("trusted_ca", None)
     return stripped
 
 
@@ -256,7 +337,9 @@ def test_render_leaves_the_base_config_untouched(shipped: dict[str, Any], tmp_pa
     assert shipped == before
 
 
-@pytest.mark.parametrize(("section", "name"), [("listeners", "https"), ("listeners", "http")])
+@pytest.mark.parametrize(
+    ("section", "name"), [("listeners", "https"), ("listeners", "http"), ("listeners", "mtls")]
+)
 def test_render_refuses_a_config_without_an_expected_listener(
     shipped: dict[str, Any], tmp_path: Path, section: str, name: str
 ) -> None:
@@ -286,6 +369,238 @@ def test_render_refuses_an_https_listener_without_tls(
         chain.pop("transport_socket")
     with pytest.raises(ConfigError, match="tls_certificates"):
         render_demo_config(config, PORTS, tmp_path)
+
+
+def test_render_refuses_an_mtls_listener_without_a_client_ca(
+    shipped: dict[str, Any], tmp_path: Path
+) -> None:
+    config = copy.deepcopy(shipped)
+    tls_context(config, "mtls")["common_tls_context"].pop("validation_context")
+    with pytest.raises(ConfigError, match="trusted_ca"):
+        render_demo_config(config, PORTS, tmp_path)
+
+
+# --- the mtls listener, through the real Envoy ---------------------------------------------
+
+
+class CheckRecorder(external_auth_pb2_grpc.AuthorizationServicer):
+    """A Check service that records every request and denies it (403): no upstream needed."""
+
+    def __init__(self) -> None:
+        self.requests: list[external_auth_pb2.CheckRequest] = []
+
+    def Check(  # noqa: N802 - the gRPC method name
+        self, request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext
+    ) -> external_auth_pb2.CheckResponse:
+        self.requests.append(request)
+        return external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED)
+        )
+
+
+@dataclass(frozen=True)
+class RunningEnvoy:
+    ports: DemoPorts
+    keys: DemoKeys
+    recorder: CheckRecorder
+
+
+def free_ports(count: int) -> list[int]:
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+def wait_until_ready(envoy: subprocess.Popen[bytes], admin_port: int, log: Path) -> None:
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        if envoy.poll() is not None:
+            pytest.fail(f"envoy exited with {envoy.returncode}:\n{log.read_text()[-2000:]}")
+        connection = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=0.5)
+        try:
+            connection.request("GET", "/ready")
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            pass  # not listening yet
+        finally:
+            connection.close()
+        time.sleep(0.05)
+    pytest.fail(f"envoy did not become ready:\n{log.read_text()[-2000:]}")
+
+
+@contextlib.contextmanager
+def demo_envoy(
+    tmp_path: Path, adjust: Callable[[dict[str, Any]], None] | None = None
+) -> Iterator[RunningEnvoy]:
+    """The rendered demo config (changed by ``adjust``) in the real Envoy, a CheckRecorder
+    as ext-authz."""
+    keys = ensure_demo_keys(tmp_path / "state")
+    recorder = CheckRecorder()
+    executor = ThreadPoolExecutor(max_workers=2)
+    server = grpc.server(executor)
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(recorder, server)
+    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    https, http_, admin, upstream, mtls = free_ports(5)
+    ports = DemoPorts(https, http_, grpc_port, admin, upstream, mtls)
+    config = render_demo_config(load_envoy_config(shipped_path()), ports, keys.tls_cert.parent)
+    if adjust is not None:
+        adjust(config)
+    config_file = tmp_path / "envoy.yaml"
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+    log = tmp_path / "envoy.log"
+    argv = [str(envoy_binary()), "-c", str(config_file), "--disable-hot-restart"]
+    server.start()
+    try:
+        with log.open("wb") as out:
+            envoy = subprocess.Popen(
+                [*argv, "--concurrency", "1", "-l", "warning"], stdout=out, stderr=out
+            )
+            try:
+                wait_until_ready(envoy, admin, log)
+                yield RunningEnvoy(ports, keys, recorder)
+            finally:
+                envoy.terminate()
+                try:
+                    envoy.wait(5)
+                except subprocess.TimeoutExpired:
+                    envoy.kill()
+                    envoy.wait()
+    finally:
+        server.stop(None).wait()
+        executor.shutdown()
+
+
+def https_get(
+    port: int,
+    keys: DemoKeys,
+    client: tuple[Path, Path] | None = None,
+    headers: dict[str, str] | None = None,
+) -> int:
+    context = ssl.create_default_context(cafile=str(keys.tls_cert))
+    if client is not None:
+        context.load_cert_chain(str(client[0]), str(client[1]))
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=3)
+    try:
+        connection.request("GET", "/api/books", headers=headers or {})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def untrusted_client_pair(directory: Path) -> tuple[Path, Path]:
+    """A client certificate for the demo client's URI, self-signed: not from the client CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "impostor")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(DEMO_CLIENT_URI)]),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "impostor.crt", directory / "impostor.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEnvoy]:
+    with demo_envoy(tmp_path_factory.mktemp("envoy")) as envoy:
+        yield envoy
+
+
+@pytest.fixture
+def envoy(running: RunningEnvoy) -> RunningEnvoy:
+    running.recorder.requests.clear()
+    return running
+
+
+def test_mtls_listener_sends_the_client_certificate_uri_san_as_source_principal(
+    envoy: RunningEnvoy,
+) -> None:
+    client = (envoy.keys.client_cert, envoy.keys.client_key)
+    status = https_get(envoy.ports.mtls, envoy.keys, client, headers={XFCC: SPOOFED_XFCC})
+    assert status == 403  # the recorder's answer: Envoy called Check and obeyed it
+    (check,) = envoy.recorder.requests
+    assert check.attributes.source.principal == DEMO_CLIENT_URI
+    # include_peer_certificate: the URL-encoded PEM of the verified certificate comes along.
+    pem = urllib.parse.unquote(check.attributes.source.certificate).encode()
+    assert pem == envoy.keys.client_cert.read_bytes()
+    # The client's own XFCC header was stripped (SANITIZE), so it could not be believed.
+    assert XFCC not in check.attributes.request.http.headers
+    authenticator = MtlsAuthenticator(MtlsSettings(trust_forwarded_client_cert=True))
+    assert authenticator.principal(to_auth_request(check)) == DEMO_CLIENT_URI
+
+
+def test_mtls_listener_refuses_a_client_without_a_certificate_in_the_tls_handshake(
+    envoy: RunningEnvoy,
+) -> None:
+    # TLS 1.3: the client finishes its side first; the server's alert arrives on the first read.
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        https_get(envoy.ports.mtls, envoy.keys)
+    assert envoy.recorder.requests == []
+
+
+def test_mtls_listener_refuses_a_certificate_the_client_ca_did_not_sign(
+    envoy: RunningEnvoy, tmp_path: Path
+) -> None:
+    impostor = untrusted_client_pair(tmp_path)
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        https_get(envoy.ports.mtls, envoy.keys, impostor)
+    assert envoy.recorder.requests == []
+
+
+def test_https_listener_asks_for_no_client_certificate_and_sends_no_principal(
+    envoy: RunningEnvoy,
+) -> None:
+    client = (envoy.keys.client_cert, envoy.keys.client_key)
+    assert https_get(envoy.ports.https, envoy.keys, client, headers={XFCC: SPOOFED_XFCC}) == 403
+    (check,) = envoy.recorder.requests
+    assert check.attributes.source.principal == ""
+    assert check.attributes.source.certificate == ""
+    assert XFCC not in check.attributes.request.http.headers
+
+
+def _sanitize_set_on_mtls(config: dict[str, Any]) -> None:
+    manager = hcm(config, "mtls")
+    manager["forward_client_cert_details"] = "SANITIZE_SET"
+    manager["set_current_client_cert_details"] = {"subject": True, "uri": True, "dns": True}
+
+
+def test_an_xfcc_header_envoy_sets_parses_to_the_principal_envoy_verified(
+    tmp_path: Path,
+) -> None:
+    # The deployment trust_forwarded_client_cert is for: an Envoy that replaces the client's
+    # XFCC with the certificate it verified. Our parser must read back what Envoy writes.
+    with demo_envoy(tmp_path, _sanitize_set_on_mtls) as envoy:
+        client = (envoy.keys.client_cert, envoy.keys.client_key)
+        https_get(envoy.ports.mtls, envoy.keys, client, headers={XFCC: SPOOFED_XFCC})
+        (check,) = envoy.recorder.requests
+    xfcc = check.attributes.request.http.headers[XFCC]
+    assert "evil" not in xfcc
+    assert forwarded_principal(xfcc) == check.attributes.source.principal == DEMO_CLIENT_URI
+    without_peer = AuthRequest(method="GET", path="/", headers={XFCC: xfcc})
+    authenticator = MtlsAuthenticator(MtlsSettings(trust_forwarded_client_cert=True))
+    assert authenticator.principal(without_peer) == DEMO_CLIENT_URI
 
 
 # --- loading --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
+from fakes import StaticKeys
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jose import jwk, jwt
@@ -70,7 +71,9 @@ def make_verifier(provider_settings: ProviderSettings, jwks) -> Callable[..., Jw
 
     def make(*, clock: float = NOW, keys: Any = None, **overrides: Any) -> JwtVerifier:
         provider = provider_settings.model_copy(update=overrides)
-        return JwtVerifier([(provider, jwks if keys is None else keys)], clock=at(clock))
+        return JwtVerifier(
+            [(provider, StaticKeys(jwks if keys is None else keys))], clock=at(clock)
+        )
 
     return make
 
@@ -92,7 +95,7 @@ def token(make_token) -> Callable[..., str]:
 
 def refused(verifier: JwtVerifier, token: str) -> InvalidTokenError:
     with pytest.raises(InvalidTokenError) as caught:
-        verifier.verify(token)
+        verifier.authenticate(token)
     return caught.value
 
 
@@ -106,7 +109,9 @@ def refused_not_expired(verifier: JwtVerifier, token: str) -> InvalidTokenError:
 
 
 def test_valid_token_gives_its_identity(verifier, token) -> None:
-    identity = verifier.verify(token(sub="alice", roles=["viewer", "editor"], email="a@x.test"))
+    identity = verifier.authenticate(
+        token(sub="alice", roles=["viewer", "editor"], email="a@x.test")
+    )
 
     assert isinstance(identity, Identity)
     assert identity.subject == "alice"
@@ -117,17 +122,17 @@ def test_valid_token_gives_its_identity(verifier, token) -> None:
 
 
 def test_token_without_roles_has_no_roles(verifier, token) -> None:
-    assert verifier.verify(token()).roles == ()
+    assert verifier.authenticate(token()).roles == ()
 
 
 def test_space_separated_roles_string_is_split(verifier, token) -> None:
-    assert verifier.verify(token(roles="viewer editor")).roles == ("viewer", "editor")
+    assert verifier.authenticate(token(roles="viewer editor")).roles == ("viewer", "editor")
 
 
 def test_roles_come_from_a_configured_nested_claim_path(make_verifier, token) -> None:
     verifier = make_verifier(roles_claim="realm_access.roles")
 
-    identity = verifier.verify(token(realm_access={"roles": ["admin"]}, roles=["ignored"]))
+    identity = verifier.authenticate(token(realm_access={"roles": ["admin"]}, roles=["ignored"]))
 
     assert identity.roles == ("admin",)
 
@@ -135,42 +140,42 @@ def test_roles_come_from_a_configured_nested_claim_path(make_verifier, token) ->
 def test_missing_nested_roles_claim_means_no_roles(make_verifier, token) -> None:
     verifier = make_verifier(roles_claim="realm_access.roles")
 
-    assert verifier.verify(token(realm_access="not-a-mapping")).roles == ()
+    assert verifier.authenticate(token(realm_access="not-a-mapping")).roles == ()
 
 
 def test_subject_comes_from_a_configured_claim(make_verifier, token) -> None:
     verifier = make_verifier(subject_claim="preferred_username")
 
-    assert verifier.verify(token(preferred_username="bob")).subject == "bob"
+    assert verifier.authenticate(token(preferred_username="bob")).subject == "bob"
 
 
 def test_audience_list_containing_the_configured_audience_is_accepted(verifier, token) -> None:
-    assert verifier.verify(token(aud=["other", "api"])).subject == "alice"
+    assert verifier.authenticate(token(aud=["other", "api"])).subject == "alice"
 
 
 def test_token_without_kid_is_accepted_when_the_issuer_has_one_key(verifier, token) -> None:
-    assert verifier.verify(token(headers={"kid": None})).subject == "alice"
+    assert verifier.authenticate(token(headers={"kid": None})).subject == "alice"
 
 
 def test_fractional_numeric_dates_are_accepted(verifier, token) -> None:
-    assert verifier.verify(token(iat=NOW - 0.5, exp=NOW + 299.5)).subject == "alice"
+    assert verifier.authenticate(token(iat=NOW - 0.5, exp=NOW + 299.5)).subject == "alice"
 
 
 def test_token_signed_by_sign_token_verifies(verifier, rsa_keypair) -> None:
     signed = sign_token(claims_json(sub="carol"), rsa_keypair.private_pem, rsa_keypair.kid)
 
-    assert verifier.verify(signed).subject == "carol"
+    assert verifier.authenticate(signed).subject == "carol"
 
 
 def test_hmac_issuer_accepts_its_hs256_tokens_only(provider_settings) -> None:
     secret = b"0123456789abcdef0123456789abcdef"
     oct_key = {"kty": "oct", "k": b64(secret), "kid": "h1"}
     provider = provider_settings.model_copy(update={"algorithms": ("HS256",)})
-    verifier = JwtVerifier([(provider, [oct_key])], clock=at(NOW))
+    verifier = JwtVerifier([(provider, StaticKeys([oct_key]))], clock=at(NOW))
     good = jwt.encode(claims_json(), secret.decode(), algorithm="HS256", headers={"kid": "h1"})
     forged = jwt.encode(claims_json(), "wrong-secret", algorithm="HS256", headers={"kid": "h1"})
 
-    assert verifier.verify(good).subject == "alice"
+    assert verifier.authenticate(good).subject == "alice"
     refused(verifier, forged)
 
 
@@ -179,26 +184,26 @@ def test_hmac_issuer_accepts_its_hs256_tokens_only(provider_settings) -> None:
 
 def test_expired_token_is_refused_as_expired(verifier, token) -> None:
     with pytest.raises(ExpiredTokenError):
-        verifier.verify(token(iat=NOW - 600, exp=NOW - 31))
+        verifier.authenticate(token(iat=NOW - 600, exp=NOW - 31))
 
 
 def test_token_expired_within_the_clock_skew_is_accepted(verifier, token) -> None:
-    assert verifier.verify(token(iat=NOW - 600, exp=NOW - 29)).subject == "alice"
+    assert verifier.authenticate(token(iat=NOW - 600, exp=NOW - 29)).subject == "alice"
 
 
 def test_clock_skew_is_configurable(make_verifier, token) -> None:
     strict = make_verifier(clock_skew=0)
 
     with pytest.raises(ExpiredTokenError):
-        strict.verify(token(iat=NOW - 600, exp=NOW - 1))
+        strict.authenticate(token(iat=NOW - 600, exp=NOW - 1))
 
 
 def test_the_clock_decides_expiry(make_verifier, token) -> None:
     issued = token(iat=NOW, exp=NOW + 60)
 
-    assert make_verifier(clock=NOW + 60).verify(issued).subject == "alice"
+    assert make_verifier(clock=NOW + 60).authenticate(issued).subject == "alice"
     with pytest.raises(ExpiredTokenError):
-        make_verifier(clock=NOW + 91).verify(issued)
+        make_verifier(clock=NOW + 91).authenticate(issued)
 
 
 def test_token_without_exp_is_refused(verifier, token) -> None:
@@ -235,7 +240,7 @@ def test_time_claim_in_the_future_beyond_the_skew_is_refused(verifier, token, cl
 
 @pytest.mark.parametrize("claim", ["nbf", "iat"])
 def test_time_claim_in_the_future_within_the_skew_is_accepted(verifier, token, claim) -> None:
-    assert verifier.verify(token(**{claim: NOW + 29})).subject == "alice"
+    assert verifier.authenticate(token(**{claim: NOW + 29})).subject == "alice"
 
 
 @pytest.mark.parametrize("claim", ["nbf", "iat"])
@@ -246,7 +251,7 @@ def test_non_numeric_nbf_or_iat_is_refused(verifier, rsa_keypair, claim, value) 
     signed = sign_raw(header, payload, rsa_keypair.private_pem)
 
     if value is None:  # null is the same as absent
-        assert verifier.verify(signed).subject == "alice"
+        assert verifier.authenticate(signed).subject == "alice"
     else:
         refused_not_expired(verifier, signed)
 
@@ -258,7 +263,7 @@ def test_lifetime_over_the_default_maximum_is_refused(verifier, token) -> None:
 def test_lifetime_at_the_configured_maximum_is_accepted(make_verifier, token) -> None:
     verifier = make_verifier(max_lifetime=600)
 
-    assert verifier.verify(token(iat=NOW, exp=NOW + 600)).subject == "alice"
+    assert verifier.authenticate(token(iat=NOW, exp=NOW + 600)).subject == "alice"
     refused_not_expired(verifier, token(iat=NOW, exp=NOW + 601))
 
 
@@ -266,7 +271,7 @@ def test_lifetime_without_iat_is_measured_from_now(make_verifier, token) -> None
     verifier = make_verifier(max_lifetime=600)
 
     refused_not_expired(verifier, token(iat=None, exp=NOW + 601))
-    assert verifier.verify(token(iat=None, exp=NOW + 599)).subject == "alice"
+    assert verifier.authenticate(token(iat=None, exp=NOW + 599)).subject == "alice"
 
 
 def test_backdated_iat_counts_against_the_lifetime(make_verifier, token) -> None:
@@ -379,7 +384,7 @@ def test_token_without_kid_is_refused_when_the_issuer_has_several_keys(
     verifier = make_verifier(keys=[rsa_keypair.public_jwk, second_rsa_keypair.public_jwk])
 
     refused_not_expired(verifier, token(headers={"kid": None}))
-    assert verifier.verify(token()).subject == "alice"
+    assert verifier.authenticate(token()).subject == "alice"
 
 
 def test_kid_selects_the_key_when_the_issuer_has_several(
@@ -391,7 +396,7 @@ def test_kid_selects_the_key_when_the_issuer_has_several(
     )
     mislabelled = make_token(now=NOW, key=second_rsa_keypair.private_pem)  # kid of the first
 
-    assert verifier.verify(second).subject == "alice"
+    assert verifier.authenticate(second).subject == "alice"
     refused_not_expired(verifier, mislabelled)
 
 
@@ -498,7 +503,7 @@ def test_oversized_token_is_refused(verifier, token) -> None:
 def test_token_size_limit_is_configurable(make_verifier, token) -> None:
     small = make_verifier(max_token_bytes=700)
 
-    assert small.verify(token(padding="x" * 10)).subject == "alice"
+    assert small.authenticate(token(padding="x" * 10)).subject == "alice"
     refused_not_expired(small, token(padding="x" * 200))
 
 
@@ -600,7 +605,7 @@ def as_upstream_reads_it(identity: Identity) -> tuple[str, tuple[str, ...]]:
 )
 def test_identity_reads_the_same_upstream_as_in_policy(verifier, token, sub, roles) -> None:
     try:
-        identity = verifier.verify(token(sub=sub, roles=roles))
+        identity = verifier.authenticate(token(sub=sub, roles=roles))
     except InvalidTokenError:
         return
     assert as_upstream_reads_it(identity) == (identity.subject, identity.roles)
@@ -645,12 +650,12 @@ def property_verifier(rsa_keypair) -> JwtVerifier:
     provider = ProviderSettings(
         name="p", issuer=ISSUER, audiences=("api",), jwks_file=Path("/unused/jwks.json")
     )
-    return JwtVerifier([(provider, [rsa_keypair.public_jwk])], clock=at(NOW))
+    return JwtVerifier([(provider, StaticKeys([rsa_keypair.public_jwk]))], clock=at(NOW))
 
 
 def verify_or_refuse(verifier: JwtVerifier, candidate: str) -> None:
     try:
-        identity = verifier.verify(candidate)
+        identity = verifier.authenticate(candidate)
     except InvalidTokenError:
         return
     assert isinstance(identity, Identity)
@@ -706,7 +711,7 @@ def test_jwks_with_private_key_material_is_a_config_error(provider_settings, rsa
     assert "d" in private_jwk
 
     with pytest.raises(ConfigError, match="private"):
-        JwtVerifier([(provider_settings, [private_jwk])])
+        JwtVerifier([(provider_settings, StaticKeys([private_jwk]))])
 
 
 def test_jwks_without_a_key_for_the_issuers_algorithms_is_a_config_error(
@@ -716,9 +721,9 @@ def test_jwks_without_a_key_for_the_issuers_algorithms_is_a_config_error(
     rs512_key = {**rsa_keypair.public_jwk, "alg": "RS512"}
 
     with pytest.raises(ConfigError):
-        JwtVerifier([(es_only, [rsa_keypair.public_jwk])])
+        JwtVerifier([(es_only, StaticKeys([rsa_keypair.public_jwk]))])
     with pytest.raises(ConfigError):
-        JwtVerifier([(provider_settings, [rs512_key])])
+        JwtVerifier([(provider_settings, StaticKeys([rs512_key]))])
 
 
 def test_hmac_issuer_never_uses_an_rsa_public_key_as_a_secret(
@@ -727,7 +732,7 @@ def test_hmac_issuer_never_uses_an_rsa_public_key_as_a_secret(
     hmac_only = provider_settings.model_copy(update={"algorithms": ("HS256",)})
 
     with pytest.raises(ConfigError):
-        JwtVerifier([(hmac_only, [rsa_keypair.public_jwk])])
+        JwtVerifier([(hmac_only, StaticKeys([rsa_keypair.public_jwk]))])
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from types import MappingProxyType
 
 import pytest
 
+from ext_authz.credentials import CredentialExtractor, CredentialKind
 from ext_authz.errors import (
     AccessDeniedError,
     ExpiredTokenError,
@@ -15,8 +16,16 @@ from ext_authz.errors import (
 )
 from ext_authz.models import ANONYMOUS, AuthRequest, Identity, Outcome, PolicyResult
 from ext_authz.pipeline import AuthPipeline, refusal
+from ext_authz.settings import CredentialSettings
 
 GOOD_TOKEN = "good.token.sig"
+
+
+def make_pipeline(verifier, engine) -> AuthPipeline:
+    """Bearer tokens from the Authorization header only, verified by ``verifier``."""
+    extractor = CredentialExtractor(CredentialSettings(), None)
+    authenticators = {} if verifier is None else {CredentialKind.BEARER: verifier}
+    return AuthPipeline(extractor, authenticators, engine)
 
 
 class FakeVerifier:
@@ -26,7 +35,7 @@ class FakeVerifier:
         self.error = error or InvalidTokenError("token signature verification failed")
         self.seen: list[str] = []
 
-    def verify(self, token: str) -> Identity:
+    def authenticate(self, token: str) -> Identity:
         self.seen.append(token)
         if token == GOOD_TOKEN:
             return Identity("bob", ("viewer",), issuer="https://issuer.test")
@@ -59,7 +68,7 @@ def request(authorization: str | None = None, path: str = "/api/books") -> AuthR
 def test_allowed_request_is_allowed_with_the_identity_and_rule() -> None:
     engine = FakeEngine(allow=lambda identity, r: identity.subject == "bob")
 
-    decision = AuthPipeline(FakeVerifier(), engine).evaluate(request(f"Bearer {GOOD_TOKEN}"))
+    decision = make_pipeline(FakeVerifier(), engine).evaluate(request(f"Bearer {GOOD_TOKEN}"))
 
     assert decision.outcome is Outcome.ALLOW
     assert decision.reason_code == "allowed"
@@ -72,7 +81,7 @@ def test_anonymous_request_is_decided_as_anonymous() -> None:
     engine = FakeEngine(allow=lambda identity, r: not identity.authenticated)
     verifier = FakeVerifier()
 
-    decision = AuthPipeline(verifier, engine).evaluate(request())
+    decision = make_pipeline(verifier, engine).evaluate(request())
 
     assert decision.outcome is Outcome.ALLOW
     assert decision.identity is ANONYMOUS
@@ -80,7 +89,7 @@ def test_anonymous_request_is_decided_as_anonymous() -> None:
 
 
 def test_no_token_and_denied_is_unauthenticated_missing_credential() -> None:
-    decision = AuthPipeline(FakeVerifier(), FakeEngine()).evaluate(request())
+    decision = make_pipeline(FakeVerifier(), FakeEngine()).evaluate(request())
 
     assert decision.outcome is Outcome.UNAUTHENTICATED
     assert decision.reason_code == "missing_credential"
@@ -97,7 +106,7 @@ def test_no_token_and_denied_is_unauthenticated_missing_credential() -> None:
 def test_bad_token_is_unauthenticated_and_the_engine_is_not_consulted(error, code) -> None:
     engine = FakeEngine(allow=lambda identity, r: True)  # would allow even anonymous
 
-    decision = AuthPipeline(FakeVerifier(error), engine).evaluate(request("Bearer bad.token.x"))
+    decision = make_pipeline(FakeVerifier(error), engine).evaluate(request("Bearer bad.token.x"))
 
     assert decision.outcome is Outcome.UNAUTHENTICATED
     assert decision.reason_code == code
@@ -118,7 +127,7 @@ def test_malformed_or_duplicated_authorization_is_unauthenticated(authorization:
     engine = FakeEngine(allow=lambda identity, r: True)
     verifier = FakeVerifier()
 
-    decision = AuthPipeline(verifier, engine).evaluate(request(authorization))
+    decision = make_pipeline(verifier, engine).evaluate(request(authorization))
 
     assert decision.outcome is Outcome.UNAUTHENTICATED
     assert decision.reason_code == "invalid_token"
@@ -129,7 +138,7 @@ def test_malformed_or_duplicated_authorization_is_unauthenticated(authorization:
 def test_token_without_configured_issuers_is_unauthenticated() -> None:
     engine = FakeEngine(allow=lambda identity, r: True)
 
-    decision = AuthPipeline(None, engine).evaluate(request(f"Bearer {GOOD_TOKEN}"))
+    decision = make_pipeline(None, engine).evaluate(request(f"Bearer {GOOD_TOKEN}"))
 
     assert decision.outcome is Outcome.UNAUTHENTICATED
     assert decision.reason_code == "invalid_token"
@@ -137,7 +146,7 @@ def test_token_without_configured_issuers_is_unauthenticated() -> None:
 
 
 def test_known_identity_denied_is_forbidden_access_denied() -> None:
-    decision = AuthPipeline(FakeVerifier(), FakeEngine()).evaluate(request(f"Bearer {GOOD_TOKEN}"))
+    decision = make_pipeline(FakeVerifier(), FakeEngine()).evaluate(request(f"Bearer {GOOD_TOKEN}"))
 
     assert decision.outcome is Outcome.FORBIDDEN
     assert decision.reason_code == "access_denied"
@@ -145,21 +154,21 @@ def test_known_identity_denied_is_forbidden_access_denied() -> None:
 
 
 def test_unexpected_engine_exception_propagates_to_the_servicer() -> None:
-    pipeline = AuthPipeline(FakeVerifier(), ExplodingEngine())
+    pipeline = make_pipeline(FakeVerifier(), ExplodingEngine())
 
     with pytest.raises(RuntimeError, match="engine bug"):
         pipeline.evaluate(request(f"Bearer {GOOD_TOKEN}"))
 
 
 def test_unexpected_verifier_exception_propagates_to_the_servicer() -> None:
-    pipeline = AuthPipeline(FakeVerifier(KeyError("bug")), FakeEngine())
+    pipeline = make_pipeline(FakeVerifier(KeyError("bug")), FakeEngine())
 
     with pytest.raises(KeyError):
         pipeline.evaluate(request("Bearer other.token.x"))
 
 
 def test_every_decision_gets_its_own_id() -> None:
-    pipeline = AuthPipeline(FakeVerifier(), FakeEngine())
+    pipeline = make_pipeline(FakeVerifier(), FakeEngine())
 
     ids = {pipeline.evaluate(request()).decision_id for _ in range(20)}
 
