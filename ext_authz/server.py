@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -112,7 +113,12 @@ def serve(settings: Settings) -> int:
 def _wait_for_keys(settings: Settings, runtime: Runtime, stopping: threading.Event) -> None:
     """Give remote key sources a bounded head start, so the first requests are not 503s."""
     for provider, store in zip(settings.providers, runtime.key_stores, strict=True):
-        if not store.wait_ready(provider.keys.initial_wait) and not stopping.is_set():
+        deadline = time.monotonic() + provider.keys.initial_wait
+        # Short waits, so SIGTERM during start-up is not held up by an unreachable IdP.
+        while not store.wait_ready(READY_POLL_S) and time.monotonic() < deadline:
+            if stopping.is_set():
+                return
+        if not store.wait_ready(0):
             log.warning(
                 "no keys yet for provider %r; health stays NOT_SERVING and its tokens are "
                 "refused until they load",

@@ -30,6 +30,7 @@ __all__ = [
     "BearerSettings",
     "CredentialSettings",
     "HeaderSettings",
+    "IntrospectionSettings",
     "KeyRefreshSettings",
     "MtlsIdentitySettings",
     "MtlsSettings",
@@ -169,8 +170,33 @@ class MtlsSettings(_Section):
     identities: tuple[MtlsIdentitySettings, ...] = ()
 
 
+class IntrospectionSettings(_Section):
+    """RFC 7662 token introspection for opaque (non-JWT) bearer tokens."""
+
+    url: str = Field(min_length=1)
+    client_id: str = Field(min_length=1)
+    client_secret_file: ConfigPath  # the secret is never inline in the settings file
+    issuer: str | None = None  # when set, the response's iss must equal it
+    audiences: tuple[str, ...] = ()  # when set, the response's aud must name one of them
+    timeout: float = Field(default=2.0, gt=0, le=30)
+    cache_max_entries: int = Field(default=10000, ge=0)
+    # Results are cached for the token's remaining life, but never longer than this: it bounds
+    # how long a token revoked at the provider keeps working.
+    max_cache_ttl: int = Field(default=60, ge=0)
+    subject_claim: str = "sub"
+    roles_claim: str = "roles"
+
+    @field_validator("url")
+    @classmethod
+    def _secure_url(cls, url: str) -> str:
+        if not _https_or_loopback(url):
+            raise ValueError(f"{url!r}: introspection is https only (http for loopback)")
+        return url
+
+
 class CredentialSettings(_Section):
     bearer: BearerSettings = BearerSettings()
+    introspection: IntrospectionSettings | None = None
     api_keys: ApiKeySettings | None = None
     mtls: MtlsSettings | None = None
 
