@@ -6,17 +6,23 @@ load errors name them, and a decision names the line that decided it.
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import casbin
 from casbin.constant.constants import ALLOW_AND_DENY_EFFECT
-from casbin.effect import Effector
+from casbin.effect import Effector, effect_to_bool
+from casbin.persist.adapter import Adapter
+from casbin.util import generate_g_function
 
 from ext_authz.errors import PolicyLoadError
 from ext_authz.policy import functions
+from ext_authz.policy.matcher_index import PURE_FUNCTIONS, CandidateIndex, IndexPlan, plan_index
 
 __all__ = ["PolicyEnforcer", "PolicyRule", "RuleValidator"]
 
@@ -69,11 +75,30 @@ class PolicyRule:
 RuleValidator = Callable[[Sequence[str], Sequence[str]], None]
 
 
+def _split_fields(line: str) -> list[str]:
+    """Split like Casbin's file adapter: commas inside () or [] do not separate fields."""
+    fields, depth, current = [], 0, ""
+    for char in line:
+        if char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+        if char == "," and depth == 0:
+            fields.append(current.strip())
+            current = ""
+        else:
+            current += char
+    fields.append(current.strip())
+    return fields
+
+
 def _read_rules(path: Path) -> list[PolicyRule]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyLoadError(f"{path}: cannot read policy file: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise PolicyLoadError(f"{path}: policy file is not UTF-8 text") from exc
     rules = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -81,16 +106,39 @@ def _read_rules(path: Path) -> list[PolicyRule]:
             continue
         if '"' in line:
             raise PolicyLoadError(f"{path}:{number}: quoted fields are not supported")
-        ptype, *values = (field.strip() for field in line.split(","))
+        ptype, *values = _split_fields(line)
         rules.append(PolicyRule(str(path), number, ptype, tuple(values)))
     return rules
 
 
+class _RulesAdapter(Adapter):  # type: ignore[misc]
+    """Hands Casbin rules we already read and checked; Casbin then sorts them and builds role
+    links exactly as it does for its own file adapter."""
+
+    def __init__(self, rules: Sequence[PolicyRule]) -> None:
+        self._rules = rules
+
+    def load_policy(self, model: Any) -> None:
+        for rule in self._rules:
+            model.model[rule.ptype[:1]][rule.ptype].policy.append(list(rule.values))
+
+
 class PolicyEnforcer:
-    """A Casbin enforcer built once from a model and a policy file, evaluated in memory."""
+    """Casbin's decisions for a model and a policy file, without scanning every rule.
+
+    Candidate rules come from an index over the matcher's conjuncts (see matcher_index.py); the
+    matcher itself is then evaluated on each candidate, in policy order, with Casbin's evaluator
+    and effect rules, so a decision is exactly stock Casbin's. A matcher the index cannot use is
+    scanned in full (and the log says why). Decisions over pure matchers are cached per policy
+    version: a reload builds a new enforcer, and with it a new cache.
+    """
 
     def __init__(
-        self, model_path: Path, policy_path: Path, validate: RuleValidator | None = None
+        self,
+        model_path: Path,
+        policy_path: Path,
+        validate: RuleValidator | None = None,
+        cache_size: int = 10000,
     ) -> None:
         try:
             self._enforcer = casbin.Enforcer(str(model_path))
@@ -100,25 +148,21 @@ class PolicyEnforcer:
             self._enforcer.add_function(name, function)
         self.rules = tuple(_read_rules(policy_path))
         self._locations: dict[tuple[str, ...], str] = {}
-        for rule in self._load_order():
-            self._add(rule, model_path, validate)
+        for rule in self.rules:
+            self._check(rule, model_path, validate)
+            self._locations.setdefault(rule.values, rule.location)
+        self._enforcer.set_adapter(_RulesAdapter(self._load_order()))
+        try:
+            self._enforcer.load_policy()
+        except Exception as exc:  # e.g. a role link casbin refuses
+            raise PolicyLoadError(f"{policy_path}: {exc}") from exc
+        self._prepare(str(model_path))
+        self._decide: Callable[..., tuple[bool, int]] = self._decide_uncached
+        if cache_size > 0 and self._cacheable:
+            self._decide = functools.lru_cache(maxsize=cache_size)(self._decide_uncached)
         log.info("policy loaded: %s rules from %s", len(self.rules), policy_path)
 
-    def _load_order(self) -> tuple[PolicyRule, ...]:
-        """Deny rules first where the model is allow-and-deny (see _DenyFirstEffector)."""
-        model = self._enforcer.model.model
-        tokens = model["p"]["p"].tokens if "p" in model.get("p", {}) else []
-        if model["e"]["e"].value != ALLOW_AND_DENY_EFFECT or "p_eft" not in tokens:
-            return self.rules
-        self._enforcer.set_effector(_DenyFirstEffector())
-        eft = tokens.index("p_eft")
-
-        def is_allow(rule: PolicyRule) -> bool:
-            return not (rule.ptype == "p" and rule.values[eft : eft + 1] == ("deny",))
-
-        return tuple(sorted(self.rules, key=is_allow))
-
-    def _add(self, rule: PolicyRule, model_path: Path, validate: RuleValidator | None) -> None:
+    def _check(self, rule: PolicyRule, model_path: Path, validate: RuleValidator | None) -> None:
         section = rule.ptype[:1]
         assertion = self._enforcer.model.model.get(section, {}).get(rule.ptype)
         if section not in ("p", "g") or assertion is None:
@@ -127,7 +171,6 @@ class PolicyEnforcer:
             expected = assertion.value.count("_")  # "_, _" for a plain role link
             if len(rule.values) != expected:
                 raise PolicyLoadError(f"{rule.location}: expected {expected} fields")
-            self._enforcer.add_named_grouping_policy(rule.ptype, list(rule.values))
             return
         tokens = [token.split("_", 1)[1] for token in assertion.tokens]
         if len(rule.values) != len(tokens):
@@ -140,16 +183,137 @@ class PolicyEnforcer:
                 validate(tokens, rule.values)
             except ValueError as exc:
                 raise PolicyLoadError(f"{rule.location}: {exc}") from exc
-        self._enforcer.add_named_policy(rule.ptype, list(rule.values))
-        self._locations[rule.values] = rule.location
+
+    def _load_order(self) -> tuple[PolicyRule, ...]:
+        """Deny rules first where the model is allow-and-deny (see _DenyFirstEffector)."""
+        model = self._enforcer.model.model
+        tokens = model["p"]["p"].tokens if "p" in model.get("p", {}) else []
+        if (
+            model["e"]["e"].value != ALLOW_AND_DENY_EFFECT
+            or "p_eft" not in tokens
+            or "p_priority" in tokens  # Casbin would re-sort by priority
+        ):
+            return self.rules
+        self._enforcer.set_effector(_DenyFirstEffector())
+        eft = tokens.index("p_eft")
+
+        def is_allow(rule: PolicyRule) -> bool:
+            return not (rule.ptype == "p" and rule.values[eft : eft + 1] == ("deny",))
+
+        return tuple(sorted(self.rules, key=is_allow))
+
+    def _prepare(self, model_name: str) -> None:
+        model = self._enforcer.model.model
+        self._matcher = model["m"]["m"].value
+        self._r_tokens = model["r"]["r"].tokens
+        p_tokens = model["p"]["p"].tokens
+        self._policy = model["p"]["p"].policy
+        self._p_parameters = [dict(zip(p_tokens, values, strict=False)) for values in self._policy]
+        self._eft_key = "p_eft" if "p_eft" in p_tokens else None
+        self._functions = dict(self._enforcer.fm.get_functions())
+        for name, assertion in model.get("g", {}).items():
+            self._functions[name] = generate_g_function(assertion.rm)
+        self._local = threading.local()  # casbin's evaluator keeps per-call state
+        plan = plan_index(self._matcher, self._r_tokens, p_tokens, set(model.get("g", {})))
+        unsupported = self._why_full_scan(plan)
+        self._index: CandidateIndex | None = None
+        self._cacheable = False
+        if unsupported:
+            log.info("policy %s: every rule is evaluated per decision: %s", model_name, unsupported)
+            return
+        assert isinstance(plan, IndexPlan)  # noqa: S101 - _why_full_scan returned None
+        self._index = CandidateIndex(plan, self._policy, self._roles)
+        roles = set(model.get("g", {}))
+        self._cacheable = plan.functions <= PURE_FUNCTIONS | roles
+
+    def _why_full_scan(self, plan: IndexPlan | str) -> str | None:
+        if isinstance(plan, str):
+            return plan
+        if self._enforcer.cond_rm_map:
+            return "conditional role links"
+        if not self._policy:
+            return "the policy has no rules"
+        return None
+
+    def _roles(self, role_function: str, name: object, domain: object) -> list[str]:
+        """Every role ``name`` reaches through ``role_function`` links (breadth first)."""
+        manager = self._enforcer.model.model["g"][role_function].rm
+        args = () if domain is None else (str(domain),)
+        seen: list[str] = []
+        queue = [str(name)]
+        while queue:
+            for role in manager.get_roles(queue.pop(), *args):
+                if role not in seen:
+                    seen.append(role)
+                    queue.append(role)
+        return seen
+
+    def _expression(self) -> Any:
+        expression = getattr(self._local, "expression", None)
+        if expression is None:
+            expression = casbin.Enforcer._get_expression(self._matcher, self._functions)
+            self._local.expression = expression
+        return expression
+
+    def _decide_uncached(self, *rvals: object) -> tuple[bool, int]:
+        """Casbin's enforce loop over the candidate rules; returns (allowed, deciding rule)."""
+        if len(rvals) != len(self._r_tokens):
+            raise RuntimeError("invalid request size")
+        if self._index is None:
+            allowed, explain = self._enforcer.enforce_ex(*rvals)
+            return bool(allowed), self._position(explain)
+        candidates = self._index.candidates(rvals)
+        positions = range(len(self._policy)) if candidates is None else candidates
+        expression = self._expression()
+        r_parameters = dict(zip(self._r_tokens, rvals, strict=True))
+        effects: set[int] = set()
+        effector = self._enforcer.eft
+        deciding = -1
+        for position in positions:
+            result = expression.eval({**r_parameters, **self._p_parameters[position]})
+            if isinstance(result, bool):
+                matched = result
+            elif isinstance(result, float):
+                matched = result != 0
+            else:
+                raise RuntimeError("matcher result should be bool, int or float")
+            if not matched:
+                effects.add(Effector.INDETERMINATE)
+                continue
+            effects.add(self._effect(self._p_parameters[position]))
+            if effector.intermediate_effect(effects) != Effector.INDETERMINATE:
+                deciding = position
+                break
+        return bool(effect_to_bool(effector.final_effect(effects))), deciding
+
+    def _effect(self, parameters: dict[str, str]) -> int:
+        if self._eft_key is None or self._eft_key not in parameters:
+            return int(Effector.ALLOW)
+        eft = parameters[self._eft_key]
+        if eft == "allow":
+            return int(Effector.ALLOW)
+        return int(Effector.DENY if eft == "deny" else Effector.INDETERMINATE)
+
+    def _position(self, explain: Sequence[str]) -> int:
+        if not explain:
+            return -1
+        try:
+            return int(self._policy.index(list(explain)))
+        except ValueError:
+            return -1
 
     def enforce(self, *rvals: object) -> bool:
-        return bool(self._enforcer.enforce(*rvals))
+        return self.enforce_ex(*rvals)[0]
 
     def enforce_ex(self, *rvals: object) -> tuple[bool, str | None]:
         """Decide, and name the policy line (``file:line``) that decided, if any."""
-        allowed, explain = self._enforcer.enforce_ex(*rvals)
-        return bool(allowed), self._locations.get(tuple(explain)) if explain else None
+        try:
+            allowed, position = self._decide(*rvals)
+        except TypeError:  # unhashable request values cannot be cached: decide directly
+            allowed, position = self._decide_uncached(*rvals)
+        if position < 0:
+            return allowed, None
+        return allowed, self._locations.get(tuple(self._policy[position]))
 
     def expand_roles(self, names: Iterable[str]) -> frozenset[str]:
         """The names plus every role they inherit through ``g`` rules."""

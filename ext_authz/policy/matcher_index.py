@@ -1,0 +1,227 @@
+"""Candidate rules for a request, so a decision does not evaluate every policy line.
+
+The matcher's top-level ``&&`` conjuncts are read (with Python's ``ast``, after Casbin's own
+``&&``/``||``/``!`` rewriting). Conjuncts of a few known shapes restrict which rules can match:
+
+    r.x == p.y                      the rule's y equals the request's x
+    g(r.x, p.y[, r.d])              the rule's y is x or a role x inherits (in domain d)
+    hasPrincipal(r.x, p.y)          the rule's y is one of the request's principals
+    methodMatch(r.x, p.y)           the rule's y is "*" or lists the request's method
+    keyMatch*/pathMatch(r.x, p.y)   the rule's first path segment is the request's, or a pattern
+
+Rules are indexed by the tuple of those keys. A lookup returns a SUPERSET of the rules whose
+matcher can be true, in policy order; the enforcer still evaluates the full matcher on each
+candidate, so decisions are exactly Casbin's. Anything not understood is simply not used to
+narrow, and a matcher with no usable conjunct (or with ``||`` at the top, or ``eval()``) is not
+indexed at all. Pure: no casbin import.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import re
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+
+__all__ = ["CandidateIndex", "IndexPlan", "plan_index", "PURE_FUNCTIONS"]
+
+# Stands for "any value": rules whose key is a pattern, looked up by every request.
+WILDCARD = object()
+# A first path segment made only of these is a literal in every supported path function
+# (no regex metacharacters, no ':' '{' '*' parameters).
+_LITERAL_SEGMENT = re.compile(r"[A-Za-z0-9_~-]+")
+_SEGMENT_FUNCTIONS = frozenset({"keyMatch", "keyMatch2", "keyMatch5", "pathMatch"})
+# Functions whose result depends only on their arguments: decisions using only these may be
+# cached. (A time-window function, say, must not be.)
+PURE_FUNCTIONS = frozenset(
+    {
+        "keyMatch",
+        "keyMatch2",
+        "keyMatch3",
+        "keyMatch4",
+        "keyMatch5",
+        "regexMatch",
+        "globMatch",
+        "ipMatch",
+        "pathMatch",
+        "methodMatch",
+        "queryMatch",
+        "ownerMatch",
+        "hasPrincipal",
+    }
+)
+
+RoleExpander = Callable[[str, object, object], Iterable[str]]  # (g name, name, domain) -> roles
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    kind: str  # "eq", "role", "member", "segment", "method"
+    p_index: int
+    r_index: int
+    role_function: str = ""
+    domain_r_index: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class IndexPlan:
+    components: tuple[Component, ...]
+    functions: frozenset[str]  # every function the matcher calls
+
+
+def _to_python(matcher: str) -> str:
+    # The same rewriting Casbin applies before evaluating a matcher.
+    return re.sub(r"!(?!=)", "not ", matcher.replace("&&", " and ").replace("||", " or "))
+
+
+def _token(node: ast.expr, prefix: str, tokens: Sequence[str]) -> int:
+    if isinstance(node, ast.Name) and node.id.startswith(prefix) and node.id in tokens:
+        return tokens.index(node.id)
+    return -1
+
+
+def _component(
+    node: ast.expr,
+    r_tokens: Sequence[str],
+    p_tokens: Sequence[str],
+    role_functions: Collection[str],
+) -> Component | None:
+    if isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.Eq):
+        left, right = node.left, node.comparators[0]
+        for a, b in ((left, right), (right, left)):
+            r_index, p_index = _token(a, "r_", r_tokens), _token(b, "p_", p_tokens)
+            if r_index >= 0 and p_index >= 0:
+                return Component("eq", p_index, r_index)
+        return None
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)) or node.keywords:
+        return None
+    name, args = node.func.id, node.args
+    if len(args) < 2:
+        return None
+    r_index, p_index = _token(args[0], "r_", r_tokens), _token(args[1], "p_", p_tokens)
+    if r_index < 0 or p_index < 0:
+        return None
+    if name in role_functions and len(args) in (2, 3):
+        domain = _token(args[2], "r_", r_tokens) if len(args) == 3 else -1
+        if len(args) == 3 and domain < 0:
+            return None  # a domain taken from the rule: roles cannot be expanded up front
+        return Component("role", p_index, r_index, name, domain)
+    if len(args) != 2:
+        return None
+    kinds = {"hasPrincipal": "member", "methodMatch": "method"}
+    if name in kinds:
+        return Component(kinds[name], p_index, r_index)
+    if name in _SEGMENT_FUNCTIONS:
+        return Component("segment", p_index, r_index)
+    return None
+
+
+def plan_index(
+    matcher: str, r_tokens: Sequence[str], p_tokens: Sequence[str], role_functions: Collection[str]
+) -> IndexPlan | str:
+    """An IndexPlan, or the reason the matcher cannot be indexed (it is then fully scanned)."""
+    if re.search(r"\beval\s*\(", matcher):
+        return "the matcher uses eval()"
+    try:
+        tree = ast.parse(_to_python(matcher), mode="eval").body
+    except SyntaxError as exc:
+        return f"the matcher could not be parsed ({exc.msg})"
+    called = frozenset(
+        node.func.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    )
+    conjuncts = (
+        tree.values if isinstance(tree, ast.BoolOp) and isinstance(tree.op, ast.And) else [tree]
+    )
+    components = tuple(
+        c for c in (_component(n, r_tokens, p_tokens, role_functions) for n in conjuncts) if c
+    )
+    if not components:
+        return "no conjunct of the matcher narrows the rules (e.g. '||' at the top level)"
+    return IndexPlan(components, called)
+
+
+def _first_segment(value: str) -> str:
+    return re.split(r"[/?]", value[1:], maxsplit=1)[0] if value.startswith("/") else ""
+
+
+def _rule_keys(component: Component, value: str) -> tuple[object, ...]:
+    if component.kind == "method":
+        return (WILDCARD,) if value == "*" else tuple(value.split("|"))
+    if component.kind == "segment":
+        if not value.startswith("/"):
+            return (WILDCARD,)
+        segment, sep, _ = value[1:].partition("/")
+        # "/api" or "/api/...": only requests whose first segment is "api" can match.
+        literal = _LITERAL_SEGMENT.fullmatch(segment) and (sep or segment == value[1:])
+        return (segment,) if literal else (WILDCARD,)
+    return (value,)
+
+
+class CandidateIndex:
+    """Rule positions by composite key; ``candidates`` narrows a request to a few of them."""
+
+    def __init__(
+        self, plan: IndexPlan, rules: Sequence[Sequence[str]], expand_roles: RoleExpander
+    ) -> None:
+        self._plan = plan
+        self._expand_roles = expand_roles
+        self._table: dict[tuple[object, ...], list[int]] = {}
+        self._projections: dict[tuple[int, ...], dict[tuple[object, ...], list[int]]] = {}
+        for position, rule in enumerate(rules):
+            keys = [_rule_keys(c, rule[c.p_index]) for c in plan.components]
+            for combination in itertools.product(*keys):
+                self._table.setdefault(combination, []).append(position)
+
+    def _request_keys(
+        self, component: Component, rvals: Sequence[object]
+    ) -> tuple[object, ...] | None:
+        """The keys a request looks up for one component; None when it cannot narrow."""
+        value = rvals[component.r_index]
+        if component.kind == "eq":
+            return (value,)
+        if component.kind == "role":
+            if not isinstance(value, str):
+                return None
+            domain = rvals[component.domain_r_index] if component.domain_r_index >= 0 else None
+            return (value, *self._expand_roles(component.role_function, value, domain))
+        if component.kind == "member":
+            # A string would be a substring test, not membership: do not narrow on it.
+            if isinstance(value, str) or not isinstance(value, Collection):
+                return None
+            return tuple(value)
+        if component.kind == "method":
+            return (value, WILDCARD)
+        return (_first_segment(value), WILDCARD) if isinstance(value, str) else None
+
+    def candidates(self, rvals: Sequence[object]) -> list[int] | None:
+        """Positions of every rule that could match, in policy order; None means all rules."""
+        keys = [self._request_keys(component, rvals) for component in self._plan.components]
+        if all(k is None for k in keys):
+            return None
+        return self._lookup(keys)
+
+    def _lookup(self, keys: list[tuple[object, ...] | None]) -> list[int]:
+        found: set[int] = set()
+        narrowing = [i for i, k in enumerate(keys) if k is not None]
+        table = self._table if len(narrowing) == len(keys) else self._partial_table(narrowing)
+        for combination in itertools.product(*(k for k in keys if k is not None)):
+            try:
+                found.update(table.get(combination, ()))
+            except TypeError:  # an unhashable request value equals no (string) rule value
+                continue
+        return sorted(found)
+
+    def _partial_table(self, narrowing: list[int]) -> dict[tuple[object, ...], list[int]]:
+        """The table projected onto some components (built once per projection)."""
+        key = tuple(narrowing)
+        table = self._projections.get(key)
+        if table is None:
+            table = {}
+            for combination, positions in self._table.items():
+                projected = tuple(combination[i] for i in narrowing)
+                table.setdefault(projected, []).extend(positions)
+            self._projections[key] = table
+        return table
