@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo proto lint test e2e
+.PHONY: help setup demo proto lint test e2e bench
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -29,8 +29,12 @@ lint: setup  ## generated code up to date, ruff, ruff format, mypy --strict
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint  ## lint, then the whole test suite (unit, integration, end-to-end through Envoy)
+test: lint  ## lint, the shipped policies' test cases, then the whole test suite (e2e included)
+	$(BIN)/ext-authz policy test policies/
 	$(BIN)/python -m pytest
 
 e2e: setup  ## only the end-to-end tests
 	$(BIN)/python -m pytest -m e2e
+
+bench: setup  ## benchmarks (bench/); prints tables, writes bench/*.json
+	$(BIN)/python bench/policy_scaling.py --json bench/policy_scaling.json

@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from ext_authz.errors import InvalidTokenError
 from ext_authz.models import AuthRequest
 from ext_authz.settings import CredentialSettings
 
-__all__ = ["Credential", "CredentialExtractor", "CredentialKind", "extract_bearer_token"]
+__all__ = [
+    "B64TOKEN",
+    "Credential",
+    "CredentialExtractor",
+    "CredentialKind",
+    "extract_bearer_token",
+]
 
-# RFC 6750 b64token; a JWT is three base64url parts joined by dots.
-_BEARER = re.compile(r"Bearer ([A-Za-z0-9\-._~+/]+=*)", re.IGNORECASE)
-_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+# RFC 6750 b64token, what a bearer token is; a JWT is three base64url parts joined by dots.
+B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_BEARER = re.compile(rf"Bearer ({B64TOKEN.pattern})", re.IGNORECASE)
 # Reads the verified client certificate's identity off a request (see identity/mtls.py).
 PrincipalSource = Callable[[AuthRequest], str | None]
 
@@ -38,7 +44,7 @@ class Credential:
     """A credential and where it was found (``source`` is safe to log; ``value`` never is)."""
 
     kind: CredentialKind
-    value: str
+    value: str = field(repr=False)  # so a logged or asserted Credential never shows it
     source: str
 
 
@@ -127,6 +133,6 @@ class CredentialExtractor:
 
 
 def _token(value: str, source: str) -> Credential:
-    if not _TOKEN.fullmatch(value):
+    if not B64TOKEN.fullmatch(value):
         raise InvalidTokenError(f"the token in the {source} is malformed")
     return Credential(CredentialKind.BEARER, value, source)

@@ -2,13 +2,16 @@
 
 Every error carries a stable snake_case ``code``: it labels decision logs, spans and metrics, and
 appears in deny bodies and ``WWW-Authenticate``. Messages say what went wrong and how to fix it;
-they never contain a credential.
+they never contain a credential; ``describe_error`` says what failed without quoting a message
+that could hold one.
 
     ExtAuthzError
     ├── ConfigError                 bad settings file; at start the CLI exits 2
     │   └── PolicyLoadError         bad Casbin model or policy file
     ├── StartupError                a demo component did not start or answer its health check
     ├── KeysUnavailableError        503 keys_unavailable: an issuer's keys are missing or stale
+    ├── IntrospectionUnavailableError  503 introspection_unavailable: no usable answer from the
+    │                                  introspection endpoint (down, slow, refused our client)
     ├── InvalidRequestError         400 invalid_request: a request we cannot interpret unambiguously
     ├── AuthenticationError         401 + WWW-Authenticate
     │   ├── MissingCredentialError  missing_credential (only where a credential is required)
@@ -32,11 +35,13 @@ __all__ = [
     "InvalidApiKeyError",
     "InvalidClientCertificateError",
     "InvalidTokenError",
+    "IntrospectionUnavailableError",
     "KeysUnavailableError",
     "MissingCredentialError",
     "PolicyLoadError",
     "RevokedTokenError",
     "StartupError",
+    "describe_error",
 ]
 
 
@@ -119,7 +124,23 @@ class KeysUnavailableError(ExtAuthzError):
     code = "keys_unavailable"
 
 
+class IntrospectionUnavailableError(ExtAuthzError):
+    """Raised when the introspection endpoint gives no usable answer: opaque tokens are refused
+    (503), never allowed, and the client is not blamed with a 401 for the provider's outage."""
+
+    code = "introspection_unavailable"
+
+
 class AccessDeniedError(ExtAuthzError):
     """Raised when the identity is known but no policy rule allows the request."""
 
     code = "access_denied"
+
+
+def describe_error(error: BaseException) -> str:
+    """``error`` for a log line or a wrapping message: the message of our own errors and of
+    OSError and ValueError (which name what failed), only the type of anything else, whose
+    message could hold anything (a token, a secret, a response body)."""
+    if isinstance(error, ExtAuthzError | OSError | ValueError):
+        return str(error)
+    return f"unexpected {type(error).__name__}"

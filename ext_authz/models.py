@@ -49,7 +49,7 @@ class AuthRequest:
 class Identity:
     """Who is calling. ``authenticated`` is False only for the anonymous identity.
 
-    ``method`` says how: ``jwt``, ``api_key``, ``mtls`` or ``anonymous``.
+    ``method`` says how: ``jwt``, ``introspection``, ``api_key``, ``mtls`` or ``anonymous``.
     """
 
     subject: str

@@ -1,24 +1,30 @@
 """Runtime: everything a Check reads, built once from Settings, plus the background tasks that
-keep keys, API keys and the denylist fresh (never on the request path)."""
+keep keys, API keys and the denylist fresh (never on the request path; only token introspection,
+when configured, asks its endpoint there)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from ext_authz.credentials import CredentialExtractor, CredentialKind
 from ext_authz.identity import Authenticator
 from ext_authz.identity.apikey import ApiKeyAuthenticator
+from ext_authz.identity.bearer import BearerAuthenticator
 from ext_authz.identity.cache import TokenCache
 from ext_authz.identity.denylist import Denylist, load_denylist
+from ext_authz.identity.introspection import TokenIntrospector
 from ext_authz.identity.jwks import KeyStore
 from ext_authz.identity.jwt import JwtVerifier
 from ext_authz.identity.mtls import MtlsAuthenticator
 from ext_authz.pipeline import AuthPipeline
-from ext_authz.policy.engine import CasbinPolicyEngine
-from ext_authz.settings import HeaderSettings, Settings
+from ext_authz.policy.engine import CasbinPolicyEngine, PolicyEngine
+from ext_authz.policy.reload import ReloadingPolicyEngine
+from ext_authz.policy.shadow import ShadowPolicyEngine
+from ext_authz.settings import HeaderSettings, PolicySettings, Settings
 from ext_authz.watch import WatchedFile
 
 __all__ = ["BackgroundTask", "Runtime", "build_runtime"]
@@ -29,6 +35,11 @@ log = logging.getLogger(__name__)
 class BackgroundTask(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
+
+
+@runtime_checkable
+class Reloadable(Protocol):
+    def reload(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +62,12 @@ class Runtime:
         for task in reversed(self.tasks):
             task.stop()
 
+    def reload(self) -> None:
+        """Re-read every watched file now (SIGHUP): policies, the denylist."""
+        for task in self.tasks:
+            if isinstance(task, Reloadable):
+                task.reload()
+
     def ready(self) -> bool:
         """True once every issuer's keys are loaded (health turns SERVING then)."""
         return all(store.wait_ready(0) for store in self.key_stores)
@@ -62,11 +79,17 @@ def build_runtime(settings: Settings) -> Runtime:
     stores = tuple(KeyStore(provider) for provider in settings.providers)
     tasks.extend(stores)
     authenticators: dict[CredentialKind, Authenticator] = {}
+    jwt: JwtVerifier | None = None
     if stores:
         cache = TokenCache(settings.token_cache.max_entries)
         pairs = list(zip(settings.providers, stores, strict=True))
-        authenticators[CredentialKind.BEARER] = JwtVerifier(pairs, cache)
+        jwt = JwtVerifier(pairs, cache)
+        authenticators[CredentialKind.BEARER] = jwt
     credentials = settings.credentials
+    if credentials.introspection is not None:
+        # JWT-shaped tokens still go to the JWT verifier (or are refused without issuers).
+        introspector = TokenIntrospector(credentials.introspection)
+        authenticators[CredentialKind.BEARER] = BearerAuthenticator(jwt, introspector)
     credential_headers: tuple[str, ...] = ()
     if credentials.api_keys is not None:
         api_keys = ApiKeyAuthenticator(credentials.api_keys)
@@ -81,7 +104,7 @@ def build_runtime(settings: Settings) -> Runtime:
         watched = WatchedFile(settings.denylist_file, load_denylist)
         tasks.append(watched)
         denylist = watched.current
-    engine = CasbinPolicyEngine.from_files(settings.policy.model, settings.policy.policy)
+    engine = _policy_engine(settings.policy, tasks)
     pipeline = AuthPipeline(
         CredentialExtractor(credentials, mtls.principal if mtls else None),
         authenticators,
@@ -97,3 +120,21 @@ def build_runtime(settings: Settings) -> Runtime:
         tuple(tasks),
         stores,
     )
+
+
+def _watched_policy(model: Path, policy: Path, interval: float) -> ReloadingPolicyEngine:
+    return ReloadingPolicyEngine(
+        lambda: CasbinPolicyEngine.from_files(model, policy), model, policy, interval
+    )
+
+
+def _policy_engine(settings: PolicySettings, tasks: list[BackgroundTask]) -> PolicyEngine:
+    """The live policy (reloaded on change), and the shadow candidate beside it if configured."""
+    live = _watched_policy(settings.model, settings.policy, settings.reload_interval)
+    tasks.append(live)
+    if settings.shadow is None:
+        return live
+    shadow = settings.shadow
+    candidate = _watched_policy(shadow.model, shadow.policy, settings.reload_interval)
+    tasks.append(candidate)
+    return ShadowPolicyEngine(live, candidate)

@@ -95,6 +95,8 @@ def serve(settings: Settings) -> int:
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
+    # A thread, not the handler itself: a reload parses files, which must not run inside it.
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=runtime.reload).start())
     runtime.start()
     try:
         _wait_for_keys(settings, runtime, stopping)

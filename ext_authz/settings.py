@@ -7,9 +7,9 @@ Relative paths in the file are resolved against the file's own directory.
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
-from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -24,6 +24,8 @@ from pydantic import (
 )
 
 from ext_authz.errors import ConfigError
+from ext_authz.identity.http import is_https_or_loopback
+from ext_authz.yaml_strict import load_yaml
 
 __all__ = [
     "ApiKeySettings",
@@ -37,6 +39,7 @@ __all__ = [
     "PolicySettings",
     "ProviderSettings",
     "Settings",
+    "ShadowPolicySettings",
     "TokenCacheSettings",
     "load_settings",
 ]
@@ -111,7 +114,7 @@ class ProviderSettings(_Section):
         if sum(sources) != 1:
             raise ValueError("set exactly one key source: jwks_file, jwks_url or discovery: true")
         for url in filter(None, (self.jwks_url, self.issuer if self.discovery else None)):
-            if not _https_or_loopback(url):
+            if not is_https_or_loopback(url):
                 raise ValueError(f"{url!r}: keys are fetched over https only (http for loopback)")
         return self
 
@@ -125,13 +128,6 @@ class ProviderSettings(_Section):
             # Mixing families lets a public key be used as an HMAC secret.
             raise ValueError("mixes HMAC (HS*) and asymmetric algorithms; list one family")
         return algorithms
-
-
-def _https_or_loopback(url: str) -> bool:
-    parsed = urlsplit(url)
-    if parsed.scheme == "https" and parsed.hostname:
-        return True
-    return parsed.scheme == "http" and parsed.hostname in ("127.0.0.1", "localhost", "::1")
 
 
 class BearerSettings(_Section):
@@ -189,7 +185,7 @@ class IntrospectionSettings(_Section):
     @field_validator("url")
     @classmethod
     def _secure_url(cls, url: str) -> str:
-        if not _https_or_loopback(url):
+        if not is_https_or_loopback(url):
             raise ValueError(f"{url!r}: introspection is https only (http for loopback)")
         return url
 
@@ -207,11 +203,20 @@ class TokenCacheSettings(_Section):
     max_entries: int = Field(default=10000, ge=0)  # 0 turns the cache off
 
 
-class PolicySettings(_Section):
-    """The Casbin model and policy files."""
+class ShadowPolicySettings(_Section):
+    """A candidate policy decided beside the live one, logged where they differ, never enforced."""
 
     model: ConfigPath
     policy: ConfigPath
+
+
+class PolicySettings(_Section):
+    """The Casbin model and policy files, watched and reloaded when they change (and on SIGHUP)."""
+
+    model: ConfigPath
+    policy: ConfigPath
+    reload_interval: float = Field(default=1.0, gt=0, le=3600)  # seconds between file checks
+    shadow: ShadowPolicySettings | None = None
 
 
 class HeaderSettings(_Section):
@@ -253,35 +258,51 @@ class Settings(_Section):
         return providers
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                mark = key_node.start_mark
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+Location = tuple[int | str, ...]
+M = TypeVar("M", bound=BaseModel)
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
+def validation_errors(error: ValidationError) -> list[tuple[Location, str]]:
+    """Each error's location and a message fit for people."""
+    return [
+        (
+            item["loc"],
+            "unknown key"
+            if item["type"] == "extra_forbidden"
+            else item["msg"].removeprefix("Value error, "),
+        )
+        for item in error.errors()
+    ]
+
+
+def _iso_timestamp(value: object) -> str:
+    """YAML reads an unquoted timestamp as a date or datetime: back to ISO text for pydantic."""
+    if isinstance(value, date):
+        return value.isoformat()
+    raise TypeError(f"{value!r} is not a JSON value")
+
+
+def validate_strictly(
+    model: type[M], data: object, path: Path, *, timestamps: bool = False
+) -> M:
+    """Validate YAML data against ``model``; relative paths resolve against ``path``'s folder.
+
+    Through JSON, so strict mode accepts YAML lists for tuples but not "30" for an int.
+    ``timestamps`` turns YAML dates back into ISO text (for fields that hold times).
+    Raises ValidationError, or ConfigError for a value JSON cannot hold.
+    """
+    try:
+        document = json.dumps(data, default=_iso_timestamp if timestamps else None)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: unsupported YAML value ({exc})") from exc
+    return model.model_validate_json(document, context={"base_dir": path.resolve().parent})
+
+
+def _location(loc: Location) -> str:
     text = ""
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "(top level)"
-
-
-def _describe(error: ValidationError, source: Path) -> str:
-    lines = []
-    for item in error.errors():
-        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"{source}: {_location(item['loc'])}: {message}")
-    return "\n".join(lines)
 
 
 def load_settings(path: Path) -> Settings:
@@ -291,17 +312,13 @@ def load_settings(path: Path) -> Settings:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read settings file: {exc.strerror}") from exc
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     try:
-        # Through JSON so strict mode accepts YAML lists for tuples but not "30" for an int.
-        document = json.dumps(data)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{path}: unsupported YAML value ({exc})") from exc
-    try:
-        return Settings.model_validate_json(document, context={"base_dir": path.resolve().parent})
+        return validate_strictly(Settings, data, path)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from exc
+        lines = [f"{path}: {_location(loc)}: {message}" for loc, message in validation_errors(exc)]
+        raise ConfigError("\n".join(lines)) from exc

@@ -1,4 +1,5 @@
-"""Shared fixtures: one RSA key, its JWKS, tokens signed with it, and Envoy-shaped CheckRequests."""
+"""Shared fixtures: one RSA key, its JWKS, tokens signed with it, Envoy-shaped CheckRequests, and
+a count of signature checks."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from jose import jwk, jwt
 
 from ext_authz._proto.envoy.config.core.v3 import base_pb2
 from ext_authz._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from ext_authz.identity import jwt as jwt_module
 from ext_authz.policy.engine import CasbinPolicyEngine
 from ext_authz.settings import ProviderSettings
 
@@ -71,6 +73,20 @@ def jwks_file(rsa_keypair: KeyPair, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="session")
 def provider_settings(jwks_file: Path) -> ProviderSettings:
     return ProviderSettings(name="test", issuer=ISSUER, audiences=(AUDIENCE,), jwks_file=jwks_file)
+
+
+@pytest.fixture
+def verify_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every call jwt.py makes to jose's signature check (the work the token cache saves)."""
+    calls: list[str] = []
+    real_verify = jwt_module.jws.verify
+
+    def counting_verify(token: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(token)
+        return real_verify(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt_module.jws, "verify", counting_verify)
+    return calls
 
 
 def default_claims(now: float | None = None) -> dict[str, Any]:

@@ -7,6 +7,8 @@ import click
 from ext_authz import __version__
 from ext_authz.cli.apikey import apikey
 from ext_authz.cli.demo import demo
+from ext_authz.cli.explain import explain
+from ext_authz.cli.policy import policy
 from ext_authz.cli.serve import serve
 from ext_authz.cli.token import token
 
@@ -23,3 +25,5 @@ main.add_command(serve)
 main.add_command(demo)
 main.add_command(token)
 main.add_command(apikey)
+main.add_command(policy)
+main.add_command(explain)

@@ -1,4 +1,5 @@
-"""Authentication: the Authenticator seam and its implementations (JWT, API key, mTLS)."""
+"""Authentication: the Authenticator seam and its implementations (JWT, opaque tokens through
+introspection, API key, mTLS)."""
 
 from __future__ import annotations
 

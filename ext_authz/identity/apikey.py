@@ -22,8 +22,9 @@ import yaml
 from ext_authz.errors import ConfigError, InvalidApiKeyError
 from ext_authz.identity.values import header_safety_problem
 from ext_authz.models import Identity
-from ext_authz.settings import ApiKeySettings, _StrictLoader
+from ext_authz.settings import ApiKeySettings
 from ext_authz.watch import WatchedFile
+from ext_authz.yaml_strict import StrictLoader
 
 __all__ = [
     "KEY_PREFIX",
@@ -180,7 +181,7 @@ def parse_api_key_entry(raw: object) -> ApiKey:
 
 def _parse_yaml(text: str) -> tuple[object, yaml.Node | None]:
     """The document and its node tree (the tree gives line numbers for errors)."""
-    loader = _StrictLoader(text)
+    loader = StrictLoader(text)
     try:
         node = loader.get_single_node()
         return (None if node is None else loader.construct_document(node)), node

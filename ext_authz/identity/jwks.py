@@ -8,35 +8,27 @@ A failed load is logged and the last good set stays in force (for URL sources, u
 
 from __future__ import annotations
 
-import http.client
-import ipaddress
 import json
 import logging
 import math
-import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from email.message import Message
 from pathlib import Path
-from typing import IO
-from urllib.parse import urlsplit
 
-from ext_authz.errors import ConfigError, KeysUnavailableError
+from ext_authz.errors import ConfigError, KeysUnavailableError, describe_error
+from ext_authz.identity.http import fetch_url, is_https_or_loopback
 from ext_authz.settings import KeyRefreshSettings, ProviderSettings
+from ext_authz.watch import file_signature
 
 __all__ = [
     "FILE_POLL_INTERVAL",
-    "MAX_BODY_BYTES",
+    "PRIVATE_JWK_MEMBERS",
     "Fetcher",
     "KeySet",
     "KeyStore",
     "discovery_url",
-    "fetch_url",
-    "is_https_or_loopback",
     "load_jwks_file",
     "parse_jwks",
     "refresh_delay",
@@ -48,11 +40,10 @@ Jwks = tuple[Mapping[str, object], ...]
 # fetch(url, timeout) -> (body, lower-cased response headers); raises OSError (or any error).
 Fetcher = Callable[[str, float], tuple[bytes, Mapping[str, str]]]
 
-MAX_BODY_BYTES = 1 << 20  # a JWKS or discovery document is a few KiB; more is a fault or an attack
 FILE_POLL_INTERVAL = 1.0  # seconds between stat() checks of a JWKS file
 _FIRST_RETRY = 2.0  # seconds; doubled after each consecutive failure, up to refresh_interval
 _MAX_WAIT = 60.0  # the thread re-reads the clock at least this often (clock steps, fake clocks)
-_PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth")
+PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth")  # what only a private JWK has
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -90,7 +81,7 @@ def _check_jwk(key: Mapping[str, object], at: str, remote: bool) -> None:
             raise ConfigError(
                 f"{at} is a symmetric ('oct') key; a JWKS URL must not publish secrets"
             )
-    elif any(member in key for member in _PRIVATE_JWK_MEMBERS):
+    elif any(member in key for member in PRIVATE_JWK_MEMBERS):
         raise ConfigError(f"{at} holds private key material; publish public keys only")
     if "kid" in key and not isinstance(key["kid"], str):
         raise ConfigError(f"{at}: 'kid' must be a string")
@@ -112,106 +103,11 @@ def load_jwks_file(path: Path) -> Jwks:
     return parse_jwks(_json(data, f"{path}: JWKS file"), str(path))
 
 
-# --- fetching ---------------------------------------------------------------------------------
-
-
-class _FetchError(OSError):
-    """A fetch that failed for a reason of ours (status, size, scheme), not the socket's."""
-
-
-def _is_loopback(host: str | None) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def is_https_or_loopback(url: str) -> bool:
-    """Keys travel over https only; plain http only to a loopback address (tests, sidecars)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    if parts.scheme == "https":
-        return bool(parts.hostname)
-    return parts.scheme == "http" and _is_loopback(parts.hostname)
+# --- discovery --------------------------------------------------------------------------------
 
 
 def discovery_url(issuer: str) -> str:
     return f"{issuer.rstrip('/')}/.well-known/openid-configuration"
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    # The key location is configured, not negotiated: a redirect (possibly off https, or to a
-    # host an attacker controls) surfaces as an HTTPError instead of being followed.
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: IO[bytes],
-        code: int,
-        msg: str,
-        headers: Message,
-        newurl: str,
-    ) -> None:
-        return None
-
-
-def _opener(url: str) -> urllib.request.OpenerDirector:
-    handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
-    if _is_loopback(urlsplit(url).hostname):
-        handlers.append(urllib.request.ProxyHandler({}))  # loopback never goes through a proxy
-    return urllib.request.build_opener(*handlers)
-
-
-def fetch_url(url: str, timeout: float) -> tuple[bytes, Mapping[str, str]]:
-    """GET ``url``: https (or http on loopback), no redirects, 200 only, at most 1 MiB, within
-    ``timeout`` seconds overall. Returns the body and the lower-cased headers; raises OSError."""
-    if not is_https_or_loopback(url):
-        raise _FetchError(f"{url}: keys are fetched over https only (http only on loopback)")
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310 - scheme checked above
-    deadline = time.monotonic() + timeout
-    try:
-        with _opener(url).open(request, timeout=timeout) as response:
-            return _read_response(response, url, deadline)
-    except _FetchError:
-        raise
-    except urllib.error.HTTPError as exc:
-        exc.close()  # it holds the connection
-        why = "redirects are not followed" if 300 <= exc.code < 400 else "expected 200"
-        raise _FetchError(f"{url}: HTTP {exc.code}; {why}") from None
-    except (OSError, http.client.HTTPException) as exc:
-        raise _FetchError(f"{url}: {exc}") from exc
-
-
-def _read_response(
-    response: http.client.HTTPResponse, url: str, deadline: float
-) -> tuple[bytes, Mapping[str, str]]:
-    if response.status != 200:
-        raise _FetchError(f"{url}: HTTP {response.status}; expected 200")
-    length = response.headers.get("Content-Length", "")
-    if length.isdigit() and int(length) > MAX_BODY_BYTES:
-        raise _FetchError(f"{url}: body of {length} bytes exceeds {MAX_BODY_BYTES}")
-    chunks: list[bytes] = []
-    size = 0
-    # read1 returns after one socket read, so a server dripping bytes meets the deadline.
-    while chunk := response.read1(65536):
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _FetchError(f"{url}: body exceeds {MAX_BODY_BYTES} bytes")
-        if time.monotonic() > deadline:
-            raise _FetchError(f"{url}: response took longer than the timeout")
-        chunks.append(chunk)
-    return b"".join(chunks), _lower_headers(response.headers)
-
-
-def _lower_headers(message: Message) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for name, value in message.items():
-        key = name.lower()
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    return headers
 
 
 # --- scheduling -------------------------------------------------------------------------------
@@ -240,20 +136,6 @@ def refresh_delay(cache_control: str | None, settings: KeyRefreshSettings) -> fl
 
 def _retry_delay(failures: int, settings: KeyRefreshSettings) -> float:
     return min(_FIRST_RETRY * 2.0 ** min(failures - 1, 30), float(settings.refresh_interval))
-
-
-def _signature(path: Path) -> tuple[int, int, int] | None:
-    try:
-        stat = os.stat(path)  # follows symlinks: a swapped target (ConfigMap) is a change
-    except OSError:
-        return None
-    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-
-def _describe(error: Exception) -> str:
-    if isinstance(error, ConfigError | OSError | ValueError):
-        return str(error)
-    return f"unexpected {type(error).__name__}"  # its message could hold anything
 
 
 # --- the store --------------------------------------------------------------------------------
@@ -301,7 +183,7 @@ class KeyStore:
         self._file_signature: tuple[int, int, int] | None = None
         self._next_due = clock()
         if self._file is not None:
-            self._file_signature = _signature(self._file)
+            self._file_signature = file_signature(self._file)
             self._install(load_jwks_file(self._file), None)
 
     # -- the request path ----------------------------------------------------------------------
@@ -350,7 +232,7 @@ class KeyStore:
         requested. True when keys were loaded."""
         if self._file is not None:
             self._next_due = self._clock() + FILE_POLL_INTERVAL
-            if _signature(self._file) == self._file_signature:
+            if file_signature(self._file) == self._file_signature:
                 return False
             return self.refresh()
         with self._cond:
@@ -370,7 +252,7 @@ class KeyStore:
     def _load(self) -> tuple[Jwks, Mapping[str, str] | None]:
         if self._file is not None:
             # Taken before reading, so a write during the read is seen by the next poll.
-            self._file_signature = _signature(self._file)
+            self._file_signature = file_signature(self._file)
             return load_jwks_file(self._file), None
         url = self._settings.jwks_url or self._discover()
         body, headers = self._fetch(url, self._timing.timeout)
@@ -425,7 +307,7 @@ class KeyStore:
             "provider %r: cannot load keys from %s (%s); %s",
             self.name,
             self.source,
-            _describe(error),
+            describe_error(error),
             kept,
         )
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import re
 import threading
@@ -29,8 +28,14 @@ from ext_authz.errors import (
     KeysUnavailableError,
 )
 from ext_authz.identity.cache import CachedToken, TokenCache
-from ext_authz.identity.jwks import KeySet
-from ext_authz.identity.values import header_safety_problem
+from ext_authz.identity.claims import (
+    load_json_strictly,
+    numeric_date,
+    roles_of,
+    scopes_of,
+    subject_of,
+)
+from ext_authz.identity.jwks import PRIVATE_JWK_MEMBERS, KeySet
 from ext_authz.models import Identity
 from ext_authz.settings import ProviderSettings
 
@@ -42,10 +47,6 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 # Header parameters that would let the token choose its own key or processing rules.
 _FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit", "zip")
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "HS": "oct"}
-_PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi")
-# Identity values are sent upstream in headers (roles comma-joined): no controls, no commas.
-# NumericDate bounds: 0 .. 9999-12-31; anything else is not a date (and 10**400 overflows float).
-_MAX_NUMERIC_DATE = 253402300799
 
 
 def _b64url_decode(segment: str, what: str) -> bytes:
@@ -61,43 +62,17 @@ def _b64url_decode(segment: str, what: str) -> bytes:
     return raw
 
 
-def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise InvalidTokenError(f"token has a duplicate JSON member {key!r}")
-        result[key] = value
-    return result
-
-
-def _reject_constant(name: str) -> object:
-    raise InvalidTokenError(f"token contains the non-JSON number {name}")
-
-
 def _json_object(segment: str, what: str) -> dict[str, object]:
     raw = _b64url_decode(segment, what)
     try:
-        value = json.loads(
-            raw, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
-        )
-    except (ValueError, RecursionError) as exc:
+        value = load_json_strictly(raw)
+    except ValueError as exc:  # says why (e.g. a duplicate member), quoting no claim value
+        raise InvalidTokenError(f"token {what} is not valid JSON ({exc})") from exc
+    except RecursionError as exc:
         raise InvalidTokenError(f"token {what} is not valid JSON") from exc
     if not isinstance(value, dict):
         raise InvalidTokenError(f"token {what} is not a JSON object")
     return value
-
-
-def _numeric_date(claims: Mapping[str, object], name: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not 0 <= value <= _MAX_NUMERIC_DATE
-    ):
-        raise InvalidTokenError(f"token claim '{name}' is not a valid date (seconds since 1970)")
-    return float(value)
 
 
 def _check_type(settings: ProviderSettings, header: Mapping[str, object]) -> None:
@@ -109,29 +84,6 @@ def _check_type(settings: ProviderSettings, header: Mapping[str, object]) -> Non
     normalized = typ.lower().removeprefix("application/") if isinstance(typ, str) else None
     if normalized != settings.typ.lower().removeprefix("application/"):
         raise InvalidTokenError(f"token type ('typ') must be {settings.typ!r}")
-
-
-def _scopes(claims: Mapping[str, object]) -> tuple[str, ...]:
-    """OAuth scopes from ``scope`` (space-separated, RFC 8693) and/or ``scp`` (a list)."""
-    scopes: list[str] = []
-    for name in ("scope", "scp"):
-        value = claims.get(name)
-        if isinstance(value, str):
-            scopes.extend(value.split())
-        elif isinstance(value, list):
-            scopes.extend(item for item in value if isinstance(item, str))
-        elif value is not None:
-            raise InvalidTokenError(f"token claim '{name}' is not a scope list")
-    return tuple(dict.fromkeys(scopes))
-
-
-def _claim_at(claims: Mapping[str, object], path: str) -> object:
-    value: object = claims
-    for part in path.split("."):
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(part)
-    return value
 
 
 class KeySource(Protocol):
@@ -157,7 +109,7 @@ def _build_keys(
     problems = []
     for index, entry in enumerate(jwks):
         where = f"provider {settings.name!r}: keys[{index}]"
-        if any(member in entry for member in _PRIVATE_JWK_MEMBERS) and entry["kty"] != "oct":
+        if any(member in entry for member in PRIVATE_JWK_MEMBERS) and entry["kty"] != "oct":
             problems.append(f"{where} holds private key material; publish public keys only")
             continue
         kid = entry.get("kid")
@@ -298,15 +250,15 @@ class JwtVerifier:
     def _check_times(settings: ProviderSettings, claims: Mapping[str, object], now: float) -> float:
         """Check exp, nbf, iat and the lifetime; returns exp."""
         skew = settings.clock_skew
-        expires = _numeric_date(claims, "exp")
+        expires = numeric_date(claims, "exp")
         if expires is None:
             raise InvalidTokenError("token has no 'exp' claim")
         if now > expires + skew:
             raise ExpiredTokenError("token has expired")
-        not_before = _numeric_date(claims, "nbf")
+        not_before = numeric_date(claims, "nbf")
         if not_before is not None and not_before > now + skew:
             raise InvalidTokenError("token is not valid yet ('nbf' is in the future)")
-        issued_at = _numeric_date(claims, "iat")
+        issued_at = numeric_date(claims, "iat")
         if issued_at is not None and issued_at > now + skew:
             raise InvalidTokenError("token was issued in the future ('iat')")
         lifetime = expires - (issued_at if issued_at is not None else now)
@@ -327,28 +279,12 @@ class JwtVerifier:
 
     @staticmethod
     def _identity(settings: ProviderSettings, claims: Mapping[str, object]) -> Identity:
-        subject = _claim_at(claims, settings.subject_claim)
-        if not isinstance(subject, str) or header_safety_problem(subject):
-            raise InvalidTokenError(
-                f"token has no usable '{settings.subject_claim}' (subject) claim"
-            )
-        raw_roles = _claim_at(claims, settings.roles_claim)
-        if raw_roles is None:
-            roles: tuple[str, ...] = ()
-        elif isinstance(raw_roles, str):
-            roles = tuple(raw_roles.split())
-        elif isinstance(raw_roles, list) and all(isinstance(r, str) for r in raw_roles):
-            roles = tuple(raw_roles)
-        else:
-            raise InvalidTokenError(f"token claim '{settings.roles_claim}' is not a list of roles")
-        if any(header_safety_problem(role) for role in roles):
-            raise InvalidTokenError(f"token claim '{settings.roles_claim}' has an unusable role")
         return Identity(
-            subject=subject,
-            roles=roles,
+            subject=subject_of(claims, settings.subject_claim),
+            roles=roles_of(claims, settings.roles_claim),
             issuer=settings.issuer,
             method="jwt",
-            scopes=_scopes(claims),
+            scopes=scopes_of(claims),
             claims=MappingProxyType(dict(claims)),
         )
 

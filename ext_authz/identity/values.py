@@ -7,8 +7,9 @@ import unicodedata
 __all__ = ["header_safety_problem"]
 
 # Controls, invisible format characters (bidi overrides, zero-width) and line/paragraph
-# separators would let a value read differently upstream than it did to the policy.
-_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+# separators would let a value read differently upstream than it did to the policy; lone
+# surrogates, private-use and unassigned code points cannot be sent (or trusted) at all.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 def header_safety_problem(value: str) -> str | None:

@@ -36,7 +36,7 @@ MATCHER_FUNCTIONS: dict[str, Callable[..., bool]] = {
     "pathMatch": functions.path_match,
     "methodMatch": functions.method_match,
     "queryMatch": functions.query_match,
-    "ownerMatch": functions.owner_match,
+    "condMatch": functions.cond_match,
     "hasPrincipal": functions.has_principal,
 }
 

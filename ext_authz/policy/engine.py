@@ -6,8 +6,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from ext_authz.models import AuthRequest, Identity, PolicyResult
+from ext_authz.errors import PolicyLoadError
+from ext_authz.models import ANONYMOUS, AuthRequest, Identity, PolicyResult
 from ext_authz.policy import functions
+from ext_authz.policy.conditions import (
+    Clock,
+    Condition,
+    ContextNeeds,
+    combine,
+    parse_condition,
+    utc_now,
+)
 from ext_authz.policy.enforcer import PolicyEnforcer
 
 __all__ = ["CasbinPolicyEngine", "PolicyEngine", "principals_of"]
@@ -41,27 +50,72 @@ def validate_rule(columns: Sequence[str], values: Sequence[str]) -> None:
         functions.parse_query_condition(fields["query"])
     if "method" in fields:
         functions.validate_method(fields["method"])
-    if "owner" in fields and fields["owner"] != "*" and "path" in fields:
-        pattern = functions.compile_path_pattern(fields["path"])
-        if fields["owner"] not in pattern.groupindex:
-            raise ValueError(f"owner parameter {fields['owner']!r} is not in the path pattern")
+    if "cond" in fields:
+        _check_condition(fields["cond"], fields.get("path"))
     if fields.get("eft", "allow") not in EFFECTS:
         raise ValueError(f"effect {fields['eft']!r} must be 'allow' or 'deny'")
 
 
-class CasbinPolicyEngine:
-    """Decides with a PolicyEnforcer over (sub, principals, method, path, query)."""
+def _check_condition(text: str, path: str | None) -> None:
+    condition = parse_condition(text)
+    if path is None:
+        return
+    missing = sorted(condition.path_params - functions.compile_path_pattern(path).groupindex.keys())
+    if missing:
+        raise ValueError(f"condition reads path.{missing[0]} but {path!r} has no {{{missing[0]}}}")
 
-    def __init__(self, enforcer: PolicyEnforcer) -> None:
+
+class CasbinPolicyEngine:
+    """Decides with a PolicyEnforcer over (sub, principals, method, path, query, ctx).
+
+    ``ctx`` is a RequestContext holding only what the policy's conditions read (``needs``), so
+    that equal requests make equal cache keys; ``clock`` is read only when a condition reads
+    the time.
+    """
+
+    def __init__(
+        self, enforcer: PolicyEnforcer, needs: ContextNeeds | None = None, clock: Clock = utc_now
+    ) -> None:
         self._enforcer = enforcer
+        self._needs = needs or ContextNeeds()
+        self._clock = clock
 
     @classmethod
-    def from_files(cls, model: Path, policy: Path) -> CasbinPolicyEngine:
-        return cls(PolicyEnforcer(model, policy, validate=validate_rule))
+    def from_files(cls, model: Path, policy: Path, clock: Clock = utc_now) -> CasbinPolicyEngine:
+        found: list[Condition] = []
+
+        def validate(columns: Sequence[str], values: Sequence[str]) -> None:
+            validate_rule(columns, values)
+            if "cond" in columns:
+                found.append(parse_condition(values[list(columns).index("cond")]))
+
+        enforcer = PolicyEnforcer(model, policy, validate=validate)
+        engine = cls(enforcer, combine(condition.needs for condition in found), clock)
+        engine._check_request_shape(model)
+        return engine
+
+    def _check_request_shape(self, model: Path) -> None:
+        """Fail at load, rather than on every request, for a model whose request or matcher
+        does not fit this engine (e.g. one written for an older release)."""
+        try:
+            self.decide(ANONYMOUS, AuthRequest("GET", "/"))
+        except Exception as exc:  # whatever Casbin raises: name the model file
+            raise PolicyLoadError(
+                f"{model}: the model must take r = sub, principals, method, path, query, ctx: {exc}"
+            ) from exc
 
     def decide(self, identity: Identity, request: AuthRequest) -> PolicyResult:
         principals = self._enforcer.expand_roles(principals_of(identity))
+        # An anonymous caller has no subject a condition could compare.
+        subject = identity.subject if identity.authenticated else ""
+        ctx = self._needs.context(
+            claims=identity.claims,
+            headers=request.headers,
+            host=request.host,
+            source=request.source_address,
+            clock=self._clock,
+        )
         allowed, rule = self._enforcer.enforce_ex(
-            identity.subject, principals, request.method, request.path, request.query
+            subject, principals, request.method, request.path, request.query, ctx
         )
         return PolicyResult(allowed=allowed, matched_rule=rule)

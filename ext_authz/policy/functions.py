@@ -6,6 +6,8 @@ Path patterns are anchored and segment-based: a literal segment, ``{name}`` (one
 ``name!=value`` (no value equals). Values compare case-insensitively and comma-separated lists are
 split, because upstreams commonly accept ``include=Drafts`` or ``include=a,drafts`` too; names
 compare case-insensitively as well (some frameworks read ``Include`` as ``include``).
+Conditions (``*`` or terms over the caller, path parameters, claims, headers, host, source and
+time) are described in conditions.py.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
 
+from ext_authz.policy.conditions import RequestContext, parse_condition
+
 __all__ = [
     "compile_path_pattern",
+    "cond_match",
     "has_principal",
     "method_match",
-    "owner_match",
     "parse_query_condition",
     "path_match",
-    "path_param",
+    "path_params",
     "query_match",
     "validate_method",
 ]
@@ -66,9 +70,10 @@ def path_match(path: str, pattern: str) -> bool:
     return compile_path_pattern(pattern).fullmatch(path) is not None
 
 
-def path_param(path: str, pattern: str, name: str) -> str | None:
+def path_params(path: str, pattern: str) -> dict[str, str]:
+    """The ``{name}`` segments of ``path`` under ``pattern``; empty when it does not match."""
     match = compile_path_pattern(pattern).fullmatch(path)
-    return match.groupdict().get(name) if match else None
+    return match.groupdict() if match else {}
 
 
 def method_match(method: str, allowed: str) -> bool:
@@ -80,9 +85,16 @@ def has_principal(principals: Collection[str], principal: str) -> bool:
     return principal in principals
 
 
-def owner_match(subject: str, path: str, pattern: str, param: str) -> bool:
-    """``*`` or the name of a path parameter that must equal the caller's subject."""
-    return param == "*" or (subject != "" and path_param(path, pattern, param) == subject)
+def cond_match(
+    subject: str, path: str, context: RequestContext, pattern: str, condition: str
+) -> bool:
+    """``*`` or a condition over the caller (``subject`` is "" for anonymous), the parameters
+    of ``pattern`` in ``path``, and what the request context holds."""
+    if condition == "*":
+        return True
+    parsed = parse_condition(condition)
+    params = path_params(path, pattern) if parsed.path_params else {}
+    return parsed.holds(subject, params, context)
 
 
 @dataclass(frozen=True, slots=True)

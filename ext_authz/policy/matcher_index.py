@@ -48,6 +48,7 @@ PURE_FUNCTIONS = frozenset(
         "methodMatch",
         "queryMatch",
         "ownerMatch",
+        "condMatch",
         "hasPrincipal",
     }
 )

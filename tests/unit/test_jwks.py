@@ -1,4 +1,5 @@
-"""identity/jwks.py: key sources (file, URL, OIDC discovery), refresh timing, rotation, staleness.
+"""identity/jwks.py: key sources (file, URL, OIDC discovery), refresh timing, rotation, staleness;
+and identity/http.py's fetch_url, the default fetch.
 
 HTTP sources are served by a local ThreadingHTTPServer on 127.0.0.1; scheduling decisions are
 checked with an injected clock and ``poll()``, the step the background thread runs.
@@ -14,15 +15,17 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeClock, LocalHttpServer, wait_for
 
 from ext_authz.errors import ConfigError, KeysUnavailableError
 from ext_authz.identity import jwks
-from ext_authz.identity.jwks import KeyStore, fetch_url, load_jwks_file, parse_jwks
+from ext_authz.identity.http import MAX_BODY_BYTES, fetch_url
+from ext_authz.identity.jwks import KeyStore, load_jwks_file, parse_jwks
 from ext_authz.settings import KeyRefreshSettings, ProviderSettings
 
 T0 = 1_700_000_000.0
@@ -30,45 +33,19 @@ JWKS_PATH = "/jwks.json"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 
 
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 # --- a local IdP ------------------------------------------------------------------------------
 
 
-class Idp:
+class Idp(LocalHttpServer):
     """Serves a mutable JWKS and discovery document; counts requests per path."""
 
     def __init__(self) -> None:
         self.jwks: dict[str, Any] = {"keys": []}
-        self.discovery: dict[str, Any] = {}
         self.headers: dict[str, str] = {}
         self.status = 200
         self.requests: Counter[str] = Counter()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self.discovery = {"issuer": self.url, "jwks_uri": self.url + JWKS_PATH}
-        # A short poll interval makes shutdown() quick.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-        self._thread.start()
-        self._stopped = False
-
-    def stop(self) -> None:
-        if not self._stopped:
-            self._stopped = True
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
+        super().__init__(_handler(self))
+        self.discovery: dict[str, Any] = {"issuer": self.url, "jwks_uri": self.url + JWKS_PATH}
 
 
 def _handler(idp: Idp) -> type[BaseHTTPRequestHandler]:
@@ -78,9 +55,9 @@ def _handler(idp: Idp) -> type[BaseHTTPRequestHandler]:
             if self.path == "/redirect":
                 self._send(302, b"", {"Location": JWKS_PATH})
             elif self.path == "/big":
-                self._send(200, b" " * (jwks.MAX_BODY_BYTES + 1), {})
+                self._send(200, b" " * (MAX_BODY_BYTES + 1), {})
             elif self.path == "/big-unannounced":
-                self._send(200, b" " * (jwks.MAX_BODY_BYTES + 1), {}, length=False)
+                self._send(200, b" " * (MAX_BODY_BYTES + 1), {}, length=False)
             elif self.path == JWKS_PATH:
                 self._send(idp.status, json.dumps(idp.jwks).encode(), idp.headers)
             elif self.path == DISCOVERY_PATH:
@@ -108,10 +85,9 @@ def _handler(idp: Idp) -> type[BaseHTTPRequestHandler]:
 
 @pytest.fixture
 def idp(rsa_keypair: Any) -> Iterator[Idp]:
-    server = Idp()
-    server.jwks = {"keys": [rsa_keypair.public_jwk]}
-    yield server
-    server.stop()
+    with Idp() as server:
+        server.jwks = {"keys": [rsa_keypair.public_jwk]}
+        yield server
 
 
 def url_settings(url: str, **timing: Any) -> ProviderSettings:
@@ -157,15 +133,6 @@ def write_atomically(path: Path, document: object) -> None:
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(document), encoding="utf-8")
     os.replace(temporary, path)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 2.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 # --- parse_jwks and load_jwks_file ------------------------------------------------------------
@@ -254,7 +221,7 @@ def test_broken_file_rewrite_keeps_the_last_good_set(
 ) -> None:
     path = tmp_path / "jwks.json"
     write_atomically(path, {"keys": [rsa_keypair.public_jwk]})
-    clock = FakeClock()
+    clock = FakeClock(T0)
     store = KeyStore(file_settings(path), clock=clock)
 
     path.write_text('{"keys": [', encoding="utf-8")
@@ -320,7 +287,7 @@ def test_url_store_loads_nothing_until_refreshed(idp: Idp, rsa_keypair: Any) -> 
 def test_cache_control_max_age_sets_the_next_refresh_within_bounds(
     rsa_keypair: Any, cache_control: str | None, delay: float
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     headers = {} if cache_control is None else {"cache-control": cache_control}
     fetch = static_fetch({"keys": [rsa_keypair.public_jwk]}, headers)
     store = KeyStore(url_settings("https://idp.test/jwks"), clock=clock, fetch=fetch)
@@ -331,7 +298,7 @@ def test_cache_control_max_age_sets_the_next_refresh_within_bounds(
 
 
 def test_refresh_is_never_scheduled_past_half_the_staleness_budget(rsa_keypair: Any) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     fetch = static_fetch({"keys": [rsa_keypair.public_jwk]}, {"cache-control": "max-age=3600"})
     settings = url_settings("https://idp.test/jwks", max_staleness=600)
     store = KeyStore(settings, clock=clock, fetch=fetch)
@@ -343,7 +310,7 @@ def test_refresh_is_never_scheduled_past_half_the_staleness_budget(rsa_keypair: 
 
 def test_cache_control_from_a_real_response_is_honoured(idp: Idp) -> None:
     idp.headers = {"Cache-Control": "public, max-age=120"}
-    clock = FakeClock()
+    clock = FakeClock(T0)
     store = KeyStore(url_settings(idp.url + JWKS_PATH), clock=clock)
 
     assert store.refresh()
@@ -352,7 +319,7 @@ def test_cache_control_from_a_real_response_is_honoured(idp: Idp) -> None:
 
 
 def test_poll_refetches_only_when_due(idp: Idp) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     store = KeyStore(url_settings(idp.url + JWKS_PATH), clock=clock)
     assert store.poll()  # never loaded: due at once
     assert idp.requests[JWKS_PATH] == 1
@@ -367,7 +334,7 @@ def test_poll_refetches_only_when_due(idp: Idp) -> None:
 
 
 def test_failed_fetches_back_off_exponentially_up_to_refresh_interval(rsa_keypair: Any) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     failing = True
 
     def fetch(url: str, timeout: float) -> tuple[bytes, Mapping[str, str]]:
@@ -451,7 +418,7 @@ def test_discovery_refuses_a_jwks_uri_that_is_not_https(idp: Idp, jwks_uri: obje
 
 
 def test_unknown_kid_flood_refetches_at_most_once_per_interval(idp: Idp) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     store = KeyStore(url_settings(idp.url + JWKS_PATH, unknown_kid_interval=30), clock=clock)
     assert store.refresh()
 
@@ -496,7 +463,7 @@ def test_unknown_kid_flood_from_many_threads_wakes_the_refresher_once(idp: Idp) 
 def test_idp_down_serves_last_good_keys_until_max_staleness(
     idp: Idp, rsa_keypair: Any, outage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     store = KeyStore(url_settings(idp.url + JWKS_PATH, max_staleness=3600), clock=clock)
     assert store.refresh()
     if outage == "stopped":
@@ -517,7 +484,7 @@ def test_idp_down_serves_last_good_keys_until_max_staleness(
 
 
 def test_keys_recover_after_the_idp_returns(idp: Idp) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     store = KeyStore(url_settings(idp.url + JWKS_PATH, max_staleness=60), clock=clock)
     assert store.refresh()
     idp.status = 503
@@ -616,7 +583,7 @@ def test_keys_removed_upstream_disappear_after_refresh(
 def test_version_increments_only_when_the_keys_change(
     idp: Idp, rsa_keypair: Any, second_rsa_keypair: Any
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     store = KeyStore(url_settings(idp.url + JWKS_PATH), clock=clock)
     assert store.refresh()
     assert store.current().version == 1

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import pytest
+import yaml
 
 from ext_authz.errors import InvalidRequestError, PolicyLoadError
 from ext_authz.models import ANONYMOUS, AuthRequest, Identity
 from ext_authz.policy import functions
+from ext_authz.policy.conditions import RequestContext
 from ext_authz.policy.engine import CasbinPolicyEngine, principals_of
 from ext_authz.request import normalize_target
 
@@ -66,8 +71,10 @@ def test_path_pattern_is_anchored_and_segment_based(pattern: str, path: str) -> 
 
 
 def test_path_parameter_is_captured() -> None:
-    assert functions.path_param("/api/users/bob/profile", "/api/users/{id}/profile", "id") == "bob"
-    assert functions.path_param("/api/users/bob", "/api/users/{id}/profile", "id") is None
+    pattern = "/api/users/{id}/profile"
+
+    assert functions.path_params("/api/users/bob/profile", pattern) == {"id": "bob"}
+    assert functions.path_params("/api/users/bob", pattern) == {}
 
 
 @pytest.mark.parametrize(
@@ -142,13 +149,17 @@ def test_bad_method_raises_value_error(allowed: str) -> None:
         functions.validate_method(allowed)
 
 
-def test_owner_match_needs_the_subject_in_the_named_parameter() -> None:
+def test_cond_match_reads_the_rule_s_path_parameters_and_the_context() -> None:
     pattern = "/api/users/{id}/profile"
+    ctx = RequestContext()
 
-    assert functions.owner_match("bob", "/api/users/bob/profile", pattern, "id")
-    assert not functions.owner_match("bob", "/api/users/alice/profile", pattern, "id")
-    assert not functions.owner_match("", "/api/users//profile", pattern, "id")
-    assert functions.owner_match("anyone", "/api/users/alice/profile", pattern, "*")
+    assert functions.cond_match("bob", "/api/users/bob/profile", ctx, pattern, "subject == path.id")
+    assert not functions.cond_match(
+        "bob", "/api/users/alice/profile", ctx, pattern, "subject == path.id"
+    )
+    assert not functions.cond_match("", "/api/users//profile", ctx, pattern, "subject == path.id")
+    assert not functions.cond_match("bob", "/other", ctx, pattern, "subject == path.id")
+    assert functions.cond_match("", "/api/users/alice/profile", ctx, pattern, "*")
 
 
 # --- loading: every error names the file and line --------------------------------------------
@@ -179,8 +190,15 @@ GOOD = "p, everyone, GET, /x, *, *, allow"
         "p, everyone, get, /x, *, *, allow",
         "p, everyone, GET, /x, *, *, permit",
         "p, everyone, GET, /x, *, *, ",
-        "p, everyone, GET, /x/{id}, *, uid, allow",
-        "p, everyone, GET, /x, *, id, allow",
+        "p, everyone, GET, /x/{id}, *, id, allow",
+        "p, everyone, GET, /x/{id}, *, subject == path.uid, allow",
+        "p, everyone, GET, /x, *, subject == path.id, allow",
+        "p, everyone, GET, /x, *, tenant == acme, allow",
+        "p, everyone, GET, /x, *, claim.tenant = acme, allow",
+        "p, everyone, GET, /x, *, source in 10.0.0.1/8, allow",
+        "p, everyone, GET, /x, *, time in 09:00-17:60, allow",
+        "p, everyone, GET, /x, *, time in 09:00-17:00 tz Mars/Olympus, allow",
+        "p, everyone, GET, /x, *, claim.groups in [a, b], allow",
         "p2, everyone, GET, /x, *, *, allow",
         "q, everyone, GET, /x, *, *, allow",
         "g, role:a",
@@ -196,6 +214,26 @@ def test_bad_policy_line_is_a_policy_load_error_naming_file_and_line(
     with pytest.raises(PolicyLoadError) as caught:
         engine_for(policy)
     assert f"{policy}:4" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("condition", "problem"),
+    [
+        ("id", "cannot read 'id'"),
+        ("subject == path.uid", "reads path.uid but '/x/{id}' has no {uid}"),
+        ("tenant == acme", "unknown operand 'tenant'"),
+        ("source in 10.0.0.1/8", "bad network '10.0.0.1/8'"),
+        ("time in 18:00-18:00", "starts where it ends"),
+        ("time in 09:00-17:00 tz Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
+    ],
+)
+def test_bad_condition_error_names_file_line_and_problem(
+    tmp_path: Path, condition: str, problem: str
+) -> None:
+    policy = write_policy(tmp_path, GOOD, f"p, everyone, GET, /x/{{id}}, *, {condition}, allow")
+
+    with pytest.raises(PolicyLoadError, match=f"{policy}:4: .*{problem}"):
+        engine_for(policy)
 
 
 def test_policy_line_with_empty_type_is_a_policy_load_error(tmp_path: Path) -> None:
@@ -259,6 +297,20 @@ def test_deny_rule_applies_through_role_inheritance(tmp_path: Path) -> None:
 
     assert not engine.decide(Identity("x", ("intern",)), AuthRequest("GET", "/api/a")).allowed
     assert engine.decide(Identity("x", ("other",)), AuthRequest("GET", "/api/a")).allowed
+
+
+def test_model_from_before_the_condition_column_is_refused_at_load(tmp_path: Path) -> None:
+    model = tmp_path / "model.conf"
+    model.write_text(
+        MODEL.read_text(encoding="utf-8")
+        .replace("query, ctx\n", "query\n")
+        .replace("condMatch(r.sub, r.path, r.ctx, p.path, p.cond)", "pathMatch(r.path, p.path)"),
+        encoding="utf-8",
+    )
+
+    with pytest.raises(PolicyLoadError) as caught:
+        engine_for(write_policy(tmp_path, GOOD), model)
+    assert f"{model}: the model must take r = sub, principals" in str(caught.value)
 
 
 def test_empty_policy_denies_everything(tmp_path: Path) -> None:
@@ -444,3 +496,200 @@ def test_viewer_cannot_smuggle_include_drafts_behind_a_semicolon(demo_engine, ta
 @pytest.mark.parametrize("name", ["Include", "INCLUDE"])
 def test_viewer_cannot_ask_for_drafts_with_another_spelling_of_include(demo_engine, name) -> None:
     assert not demo_engine.decide(VIEWER, req("GET", "/api/books", ((name, "drafts"),))).allowed
+
+
+# --- conditions through the engine -----------------------------------------------------------
+
+
+class Clock:
+    """An injected clock the test moves."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+MONDAY_NOON = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # 13:00 in Berlin
+
+
+def tenant(name: str, *roles: str, sub: str = "alice", **claims: object) -> Identity:
+    return Identity(sub, roles, claims=MappingProxyType({"tenant": name, **claims}))
+
+
+def test_tenant_by_host_label_and_by_path(tmp_path: Path) -> None:
+    engine = engine_for(
+        write_policy(
+            tmp_path,
+            "p, role:member, GET, /api/**, *, claim.tenant == host.0, allow",
+            "p, role:member, GET, /t/{tenant}/**, *, claim.tenant == path.tenant, allow",
+            "p, everyone, *, /**, *, host.0 == initech, deny",
+        )
+    )
+    acme = tenant("acme", "member")
+
+    def decide(identity: Identity, path: str, host: str = "x.example.com") -> bool:
+        return engine.decide(identity, AuthRequest("GET", path, host=host)).allowed
+
+    assert decide(acme, "/api/projects", "acme.example.com")
+    assert decide(acme, "/api/projects", "Acme.Example.com:8443")
+    assert not decide(acme, "/api/projects", "globex.example.com")
+    assert not decide(Identity("alice", ("member",)), "/api/projects", "acme.example.com")
+    assert decide(acme, "/t/acme/projects")
+    assert not decide(acme, "/t/globex/projects")
+    assert not decide(tenant("initech", "member"), "/api/projects", "initech.example.com")
+
+
+def test_owner_condition_never_matches_an_anonymous_caller(tmp_path: Path) -> None:
+    engine = engine_for(
+        write_policy(tmp_path, "p, everyone, GET, /u/{id}, *, subject == path.id, allow")
+    )
+
+    assert engine.decide(Identity("anonymous"), AuthRequest("GET", "/u/anonymous")).allowed
+    assert not engine.decide(ANONYMOUS, AuthRequest("GET", "/u/anonymous")).allowed
+
+
+def test_source_networks_and_a_deny_that_wins(tmp_path: Path) -> None:
+    engine = engine_for(
+        write_policy(
+            tmp_path,
+            "p, authenticated, GET, /admin/**, *, source in 10.0.0.0/8|fd00::/8, allow",
+            "p, authenticated, GET, /admin/**, *, source in 10.99.0.0/16, deny",
+        )
+    )
+
+    def decide(source: str) -> bool:
+        request = AuthRequest("GET", "/admin/users", source_address=source)
+        return engine.decide(Identity("ops"), request).allowed
+
+    assert decide("10.1.2.3")
+    assert decide("fd00::1")
+    assert decide("::ffff:10.1.2.3")
+    assert not decide("192.0.2.1")
+    assert not decide("2001:db8::1")
+    assert not decide("10.99.0.1")
+    assert not decide("")
+
+
+def test_required_header(tmp_path: Path) -> None:
+    engine = engine_for(
+        write_policy(tmp_path, "p, authenticated, POST, /deploy, *, header.x-env == prod, allow")
+    )
+
+    def decide(headers: dict[str, str]) -> bool:
+        request = AuthRequest("POST", "/deploy", headers=MappingProxyType(headers))
+        return engine.decide(Identity("ci"), request).allowed
+
+    assert decide({"x-env": "prod"})
+    assert not decide({"x-env": "dev"})
+    assert not decide({"x-env": "prod,dev"})
+    assert not decide({})
+
+
+def test_time_window_decisions_follow_the_clock_not_a_cache(tmp_path: Path) -> None:
+    clock = Clock(MONDAY_NOON)
+    policy = write_policy(
+        tmp_path,
+        "p, role:ops, POST, /deploy, *, time in 09:00-17:00 on Mon-Fri tz Europe/Berlin, allow",
+        "p, role:ops, POST, /batch, *, time in 22:00-06:00, allow",
+    )
+    engine = CasbinPolicyEngine.from_files(MODEL, policy, clock=clock)
+    ops = Identity("olga", ("ops",))
+
+    def decide(path: str) -> bool:
+        return engine.decide(ops, AuthRequest("POST", path)).allowed
+
+    assert decide("/deploy")
+    assert not decide("/batch")
+    clock.now = MONDAY_NOON.replace(hour=16)  # 17:00 in Berlin: the window has closed
+    assert not decide("/deploy")
+    clock.now = MONDAY_NOON.replace(hour=23)
+    assert decide("/batch")
+    clock.now = MONDAY_NOON + timedelta(hours=17)  # Tuesday 05:00 UTC, 06:00 in Berlin
+    assert decide("/batch")
+    assert not decide("/deploy")
+    clock.now = MONDAY_NOON + timedelta(days=5)  # Saturday
+    assert not decide("/deploy")
+    clock.now = MONDAY_NOON + timedelta(days=4)  # Friday
+    assert decide("/deploy")
+
+
+def test_claims_and_headers_no_condition_reads_do_not_change_a_decision(tmp_path: Path) -> None:
+    engine = engine_for(
+        write_policy(tmp_path, "p, authenticated, GET, /x, *, claim.tenant == acme, allow")
+    )
+    request = AuthRequest("GET", "/x", headers=MappingProxyType({"x-trace": "1"}))
+    other = AuthRequest("GET", "/x", headers=MappingProxyType({"x-trace": "2"}))
+
+    assert engine.decide(tenant("acme", jti="1"), request).allowed
+    assert engine.decide(tenant("acme", jti="2"), other).allowed
+    assert not engine.decide(tenant("globex", jti="1"), request).allowed
+
+
+# --- the example policy sets and their cases (as `ext-authz policy test` would run them) ------
+
+EXAMPLES = POLICIES / "examples"
+# A refused anonymous caller is answered 401, a refused known one 403 (see pipeline.py).
+EXPECTED = {"allow": (True, None), "deny": (False, None), 401: (False, False), 403: (False, True)}
+
+
+def example_engine(cases_file: Path, clock: Clock) -> CasbinPolicyEngine:
+    policy = yaml.safe_load(cases_file.read_text(encoding="utf-8"))["policy"]
+    model, rules = cases_file.parent / policy["model"], cases_file.parent / policy["policy"]
+    return CasbinPolicyEngine.from_files(model, rules, clock)
+
+
+def example_cases() -> list[Any]:
+    return [
+        pytest.param(cases_file, case, id=f"{cases_file.parent.name}: {case['name']}")
+        for cases_file in sorted(EXAMPLES.glob("*/cases.yaml"))
+        for case in yaml.safe_load(cases_file.read_text(encoding="utf-8"))["cases"]
+    ]
+
+
+def case_identity(identity: dict[str, Any] | None) -> Identity:
+    if identity is None:
+        return ANONYMOUS
+    roles = tuple(identity.get("roles", ()))
+    claims = {"sub": identity["sub"], "roles": list(roles), **identity.get("claims", {})}
+    return Identity(identity["sub"], roles, claims=MappingProxyType(claims))
+
+
+def case_request(request: dict[str, Any]) -> AuthRequest:
+    path, query = normalize_target(request["path"])
+    headers = {name.lower(): value for name, value in request.get("headers", {}).items()}
+    return AuthRequest(
+        request["method"],
+        path,
+        query,
+        headers=MappingProxyType(headers),
+        host=request.get("host", "localhost"),
+        source_address=request.get("source", "192.0.2.1"),
+    )
+
+
+def test_both_example_sets_ship_cases() -> None:
+    assert {path.parent.name for path in EXAMPLES.glob("*/cases.yaml")} == {
+        "saas",
+        "internal-admin",
+    }
+
+
+def case_clock(request: dict[str, Any]) -> Clock:
+    """The case's instant (it pins time windows), else now."""
+    time = request.get("time")
+    return Clock(datetime.fromisoformat(time) if time else datetime.now(UTC))
+
+
+@pytest.mark.parametrize(("cases_file", "case"), example_cases())
+def test_example_policy_case(cases_file: Path, case: dict[str, Any]) -> None:
+    identity = case_identity(case.get("identity"))
+    engine = example_engine(cases_file, case_clock(case["request"]))
+
+    result = engine.decide(identity, case_request(case["request"]))
+
+    want_allowed, want_authenticated = EXPECTED[case["expect"]]
+    assert result.allowed is want_allowed
+    if want_authenticated is not None:
+        assert identity.authenticated is want_authenticated
