@@ -282,9 +282,7 @@ def _iso_timestamp(value: object) -> str:
     raise TypeError(f"{value!r} is not a JSON value")
 
 
-def validate_strictly(
-    model: type[M], data: object, path: Path, *, timestamps: bool = False
-) -> M:
+def validate_strictly(model: type[M], data: object, path: Path, *, timestamps: bool = False) -> M:
     """Validate YAML data against ``model``; relative paths resolve against ``path``'s folder.
 
     Through JSON, so strict mode accepts YAML lists for tuples but not "30" for an int.

@@ -15,6 +15,11 @@ from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jose import jwt
 
+from ext_authz._proto.envoy.service.auth.v3 import (
+    attribute_context_pb2,
+    external_auth_pb2,
+    external_auth_pb2_grpc,
+)
 from ext_authz.cli import main
 from ext_authz.demo.issuer import DEMO_AUDIENCE, DEMO_ISSUER
 
@@ -158,6 +163,57 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path) -> None:
             server.send_signal(signal.SIGTERM)
             assert server.wait(10) == 0
             assert b'"message":"stopped"' in server.stderr.read()
+        finally:
+            if server.poll() is None:
+                server.kill()
+
+
+def _check_public(port: int) -> int:
+    http = attribute_context_pb2.AttributeContext.HttpRequest(method="GET", path="/public/x")
+    request = external_auth_pb2.CheckRequest(
+        attributes=attribute_context_pb2.AttributeContext(
+            request=attribute_context_pb2.AttributeContext.Request(http=http)
+        )
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        response = external_auth_pb2_grpc.AuthorizationStub(channel).Check(request, timeout=5)
+    return response.status.code
+
+
+def test_sighup_reloads_the_policy_without_a_restart(tmp_path) -> None:
+    policy = tmp_path / "policy.csv"
+    policy.write_text((REPO / "policies" / "policy.csv").read_text())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = _write_config(
+        tmp_path,
+        f'listen: "127.0.0.1:{port}"\n'
+        f"policy: {{model: {REPO}/policies/model.conf, policy: {policy},"
+        " reload_interval: 3600}\n",
+    )
+    with subprocess.Popen(
+        [sys.executable, "-m", "ext_authz", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as server:
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    assert _check_public(port) == 0  # allowed
+                    break
+                except grpc.RpcError:
+                    time.sleep(0.1)
+            rules = policy.read_text().splitlines()
+            policy.write_text("\n".join(r for r in rules if "/public/**" not in r) + "\n")
+            server.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while _check_public(port) == 0 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert _check_public(port) != 0  # the reloaded policy no longer allows it
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(10) == 0
         finally:
             if server.poll() is None:
                 server.kill()

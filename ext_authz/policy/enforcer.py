@@ -6,8 +6,11 @@ load errors name them, and a decision names the line that decided it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import ipaddress
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ import casbin
 from casbin.constant.constants import ALLOW_AND_DENY_EFFECT
 from casbin.effect import Effector, effect_to_bool
 from casbin.persist.adapter import Adapter
-from casbin.util import generate_g_function
+from casbin.util import generate_g_function, ip_match, key_match2, key_match5, regex_match
 
 from ext_authz.errors import PolicyLoadError
 from ext_authz.policy import functions
@@ -109,6 +112,40 @@ def _read_rules(path: Path) -> list[PolicyRule]:
         ptype, *values = _split_fields(line)
         rules.append(PolicyRule(str(path), number, ptype, tuple(values)))
     return rules
+
+
+# Calls that read a rule value as a pattern, and fail on a bad one (the request side is a dummy).
+_PATTERN_CHECKS: dict[str, Callable[[str], object]] = {
+    "keyMatch2": lambda pattern: key_match2("/", pattern),
+    "keyMatch5": lambda pattern: key_match5("/", pattern),
+    "regexMatch": lambda pattern: regex_match("", pattern),
+    "ipMatch": lambda pattern: ip_match("127.0.0.1", pattern),
+}
+_IMMUTABLE_SCALARS = (
+    str,
+    int,
+    float,
+    bool,
+    bytes,
+    type(None),
+    ipaddress.IPv4Address,
+    ipaddress.IPv6Address,
+)
+
+
+def _immutable(value: object) -> bool:
+    """True for values whose equality can never change: scalars, and tuples, frozensets and
+    frozen dataclasses of them."""
+    if isinstance(value, _IMMUTABLE_SCALARS):
+        return True
+    if isinstance(value, tuple | frozenset):
+        return all(map(_immutable, value))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        params = getattr(value, "__dataclass_params__", None)
+        return bool(params and params.frozen) and all(
+            _immutable(getattr(value, field.name)) for field in dataclasses.fields(value)
+        )
+    return False
 
 
 class _RulesAdapter(Adapter):  # type: ignore[misc]
@@ -222,9 +259,27 @@ class PolicyEnforcer:
             log.info("policy %s: every rule is evaluated per decision: %s", model_name, unsupported)
             return
         assert isinstance(plan, IndexPlan)  # noqa: S101 - _why_full_scan returned None
+        self._check_patterns(plan)
         self._index = CandidateIndex(plan, self._policy, self._roles)
         roles = set(model.get("g", {}))
         self._cacheable = plan.functions <= PURE_FUNCTIONS | roles
+
+    def _check_patterns(self, plan: IndexPlan) -> None:
+        """A rule value that a matcher function cannot read as a pattern (a bad regex or CIDR)
+        is refused at load: stock Casbin raises on it per request, and an index that skips the
+        rule would answer instead."""
+        for name, p_index in plan.pattern_calls:
+            check = _PATTERN_CHECKS.get(name)
+            if check is None:
+                continue
+            for values in self._policy:
+                try:
+                    check(values[p_index])
+                except (re.error, ValueError) as exc:
+                    location = self._locations.get(tuple(values), "policy")
+                    raise PolicyLoadError(
+                        f"{location}: {values[p_index]!r} is not a valid {name} pattern ({exc})"
+                    ) from exc
 
     def _why_full_scan(self, plan: IndexPlan | str) -> str | None:
         if isinstance(plan, str):
@@ -307,10 +362,9 @@ class PolicyEnforcer:
 
     def enforce_ex(self, *rvals: object) -> tuple[bool, str | None]:
         """Decide, and name the policy line (``file:line``) that decided, if any."""
-        try:
-            allowed, position = self._decide(*rvals)
-        except TypeError:  # unhashable request values cannot be cached: decide directly
-            allowed, position = self._decide_uncached(*rvals)
+        # Only immutable request values are cache keys: an object's attributes could change.
+        decide = self._decide if all(map(_immutable, rvals)) else self._decide_uncached
+        allowed, position = decide(*rvals)
         if position < 0:
             return allowed, None
         return allowed, self._locations.get(tuple(self._policy[position]))

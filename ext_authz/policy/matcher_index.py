@@ -32,6 +32,10 @@ WILDCARD = object()
 # (no regex metacharacters, no ':' '{' '*' parameters).
 _LITERAL_SEGMENT = re.compile(r"[A-Za-z0-9_~-]+")
 _SEGMENT_FUNCTIONS = frozenset({"keyMatch", "keyMatch2", "keyMatch5", "pathMatch"})
+# keyMatch2/keyMatch5 patterns are regular expressions once their parameters are rewritten: a
+# "|" anywhere, or a "?" or "{" right after the first "/", could let them match another first
+# segment ("/api/x|/admin", "/api/?x" matches "/apix"). Such patterns are not indexed.
+_REGEX_FUNCTIONS = frozenset({"keyMatch2", "keyMatch5"})
 # Functions whose result depends only on their arguments: decisions using only these may be
 # cached. (A time-window function, say, must not be.)
 PURE_FUNCTIONS = frozenset(
@@ -47,7 +51,6 @@ PURE_FUNCTIONS = frozenset(
         "pathMatch",
         "methodMatch",
         "queryMatch",
-        "ownerMatch",
         "condMatch",
         "hasPrincipal",
     }
@@ -63,12 +66,15 @@ class Component:
     r_index: int
     role_function: str = ""
     domain_r_index: int = -1
+    function: str = ""  # the matcher function of a segment component
 
 
 @dataclass(frozen=True, slots=True)
 class IndexPlan:
     components: tuple[Component, ...]
     functions: frozenset[str]  # every function the matcher calls
+    # (function, p index) for every call fn(r.x, p.y): the rule values it reads as patterns.
+    pattern_calls: tuple[tuple[str, int], ...] = ()
 
 
 def _to_python(matcher: str) -> str:
@@ -114,7 +120,7 @@ def _component(
     if name in kinds:
         return Component(kinds[name], p_index, r_index)
     if name in _SEGMENT_FUNCTIONS:
-        return Component("segment", p_index, r_index)
+        return Component("segment", p_index, r_index, function=name)
     return None
 
 
@@ -124,14 +130,26 @@ def plan_index(
     """An IndexPlan, or the reason the matcher cannot be indexed (it is then fully scanned)."""
     if re.search(r"\beval\s*\(", matcher):
         return "the matcher uses eval()"
+    if re.search(r"\br_\w+\s*\.", matcher):
+        # r.sub.Age: the rule can depend on (and raise on) attributes no index can see.
+        return "the matcher reads attributes of request values"
     try:
         tree = ast.parse(_to_python(matcher), mode="eval").body
     except SyntaxError as exc:
         return f"the matcher could not be parsed ({exc.msg})"
-    called = frozenset(
-        node.func.id
+    calls = [
+        (node.func.id, node.args)
         for node in ast.walk(tree)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    ]
+    pattern_calls = tuple(
+        sorted(
+            {
+                (name, _token(args[1], "p_", p_tokens))
+                for name, args in calls
+                if len(args) == 2 and _token(args[1], "p_", p_tokens) >= 0
+            }
+        )
     )
     conjuncts = (
         tree.values if isinstance(tree, ast.BoolOp) and isinstance(tree.op, ast.And) else [tree]
@@ -141,23 +159,32 @@ def plan_index(
     )
     if not components:
         return "no conjunct of the matcher narrows the rules (e.g. '||' at the top level)"
-    return IndexPlan(components, called)
+    return IndexPlan(components, frozenset(name for name, _ in calls), pattern_calls)
 
 
 def _first_segment(value: str) -> str:
     return re.split(r"[/?]", value[1:], maxsplit=1)[0] if value.startswith("/") else ""
 
 
+def _literal_first_segment(pattern: str, regex: bool) -> str | None:
+    """The first path segment every match must have, or None when there is no such literal."""
+    if not pattern.startswith("/"):
+        return None
+    segment, sep, rest = pattern[1:].partition("/")
+    if not _LITERAL_SEGMENT.fullmatch(segment):
+        return None
+    if regex and ("|" in pattern or rest[:1] in ("?", "{")):
+        return None
+    # "/api" or "/api/...": only requests whose first segment is "api" can match.
+    return segment
+
+
 def _rule_keys(component: Component, value: str) -> tuple[object, ...]:
     if component.kind == "method":
         return (WILDCARD,) if value == "*" else tuple(value.split("|"))
     if component.kind == "segment":
-        if not value.startswith("/"):
-            return (WILDCARD,)
-        segment, sep, _ = value[1:].partition("/")
-        # "/api" or "/api/...": only requests whose first segment is "api" can match.
-        literal = _LITERAL_SEGMENT.fullmatch(segment) and (sep or segment == value[1:])
-        return (segment,) if literal else (WILDCARD,)
+        segment = _literal_first_segment(value, component.function in _REGEX_FUNCTIONS)
+        return (WILDCARD,) if segment is None else (segment,)
     return (value,)
 
 
@@ -195,7 +222,10 @@ class CandidateIndex:
             return tuple(value)
         if component.kind == "method":
             return (value, WILDCARD)
-        return (_first_segment(value), WILDCARD) if isinstance(value, str) else None
+        if not isinstance(value, str):
+            return None
+        # A regex "$" also matches before one trailing newline: "/books" matches "/books\n".
+        return (_first_segment(value), _first_segment(value.removesuffix("\n")), WILDCARD)
 
     def candidates(self, rvals: Sequence[object]) -> list[int] | None:
         """Positions of every rule that could match, in policy order; None means all rules."""
