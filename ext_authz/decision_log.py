@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 
-from ext_authz.models import AuthRequest, Decision
+from ext_authz.models import AuthRequest, Decision, Outcome
 
-__all__ = ["JsonFormatter", "log_decision"]
+__all__ = ["DecisionLog", "JsonFormatter", "log_decision"]
 
 log = logging.getLogger("ext_authz.decision")
 
@@ -28,6 +29,19 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, separators=(",", ":"), default=str)
+
+
+class DecisionLog:
+    """One JSON line per decision (a DecisionObserver): denials always; allows sampled."""
+
+    def __init__(self, allow_sample_rate: float = 1.0) -> None:
+        self._rate = allow_sample_rate
+        self._random = random.Random()  # noqa: S311 - sampling, not security
+
+    def observe(self, decision: Decision, request: AuthRequest | None, latency_s: float) -> None:
+        if decision.outcome is Outcome.ALLOW and self._random.random() >= self._rate:
+            return
+        log_decision(decision, request, latency_s)
 
 
 def log_decision(decision: Decision, request: AuthRequest | None, latency_s: float) -> None:

@@ -20,7 +20,9 @@ that could hold one.
     │   │   └── RevokedTokenError   revoked_token (jti or subject on the denylist)
     │   ├── InvalidApiKeyError      invalid_api_key
     │   └── InvalidClientCertificateError  invalid_client_certificate
-    └── AccessDeniedError           403 access_denied
+    ├── AccessDeniedError           403 access_denied
+    └── LimitedError                429 (+ Retry-After) or 403 by configuration: a guard refused
+        └── BlockedError            blocked: the address or subject is blocked for a while
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 __all__ = [
     "AccessDeniedError",
     "AuthenticationError",
+    "BlockedError",
     "ConfigError",
     "ExpiredTokenError",
     "ExtAuthzError",
@@ -37,6 +40,7 @@ __all__ = [
     "InvalidTokenError",
     "IntrospectionUnavailableError",
     "KeysUnavailableError",
+    "LimitedError",
     "MissingCredentialError",
     "PolicyLoadError",
     "RevokedTokenError",
@@ -129,6 +133,24 @@ class IntrospectionUnavailableError(ExtAuthzError):
     (503), never allowed, and the client is not blamed with a 401 for the provider's outage."""
 
     code = "introspection_unavailable"
+
+
+class LimitedError(ExtAuthzError):
+    """Raised by a guard (rate limit, block) before authorization; carries ``retry_after``
+    seconds and whether to answer 429 (default) or 403."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int, forbid: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.forbid = forbid
+
+
+class BlockedError(LimitedError):
+    """Raised when the caller's address or subject is blocked after a security event."""
+
+    code = "blocked"
 
 
 class AccessDeniedError(ExtAuthzError):

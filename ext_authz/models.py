@@ -21,6 +21,7 @@ class Outcome(StrEnum):
     INVALID_REQUEST = "invalid_request"
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
+    LIMITED = "limited"
     ERROR = "error"
 
 
@@ -83,3 +84,4 @@ class Decision:
     matched_rule: str | None = None
     message: str = ""
     request_id: str = ""
+    retry_after: int | None = None  # seconds, for a LIMITED decision

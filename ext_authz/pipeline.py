@@ -1,4 +1,4 @@
-"""AuthPipeline: credentials -> identity -> authorization -> Decision (pure, no I/O).
+"""AuthPipeline: credentials -> identity -> guards -> authorization -> Decision (no I/O).
 
 Used by `serve` and by every offline tool, so they decide alike. Only ExtAuthzError is turned into
 a refusal here; anything else propagates to the servicer, which fails closed.
@@ -7,7 +7,8 @@ a refusal here; anything else propagates to the servicer, which fails closed.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 from ext_authz.credentials import Credential, CredentialExtractor, CredentialKind
 from ext_authz.errors import (
@@ -16,13 +17,23 @@ from ext_authz.errors import (
     ExtAuthzError,
     InvalidRequestError,
     InvalidTokenError,
+    LimitedError,
 )
 from ext_authz.identity import Authenticator
 from ext_authz.identity.denylist import Denylist
 from ext_authz.models import ANONYMOUS, AuthRequest, Decision, Identity, Outcome
 from ext_authz.policy.engine import PolicyEngine
 
-__all__ = ["AuthPipeline", "new_decision_id", "refusal"]
+__all__ = ["AuthPipeline", "Guard", "new_decision_id", "refusal"]
+
+
+class Guard(Protocol):
+    """A check between identity and authorization (blocks, rate limits)."""
+
+    def check(self, identity: Identity, request: AuthRequest) -> None:
+        """Return to let the request through; raise LimitedError to refuse it."""
+        ...
+
 
 _OUTCOME_OF_ERROR: tuple[tuple[type[ExtAuthzError], Outcome], ...] = (
     (InvalidRequestError, Outcome.INVALID_REQUEST),
@@ -39,6 +50,17 @@ def refusal(
     error: ExtAuthzError, decision_id: str, request_id: str, identity: Identity = ANONYMOUS
 ) -> Decision:
     """The Decision for an error: each error class maps to exactly one outcome."""
+    if isinstance(error, LimitedError):
+        outcome = Outcome.FORBIDDEN if error.forbid else Outcome.LIMITED
+        return Decision(
+            outcome,
+            error.code,
+            decision_id,
+            identity,
+            message=str(error),
+            request_id=request_id,
+            retry_after=error.retry_after,
+        )
     outcome = next((o for cls, o in _OUTCOME_OF_ERROR if isinstance(error, cls)), Outcome.ERROR)
     return Decision(
         outcome, error.code, decision_id, identity, message=str(error), request_id=request_id
@@ -54,11 +76,13 @@ class AuthPipeline:
         authenticators: Mapping[CredentialKind, Authenticator],
         engine: PolicyEngine,
         denylist: Callable[[], Denylist] | None = None,
+        guards: Sequence[Guard] = (),
     ) -> None:
         self._credentials = credentials
         self._authenticators = authenticators
         self._engine = engine
         self._denylist = denylist
+        self._guards = tuple(guards)
 
     def evaluate(self, request: AuthRequest) -> Decision:
         decision_id = new_decision_id()
@@ -67,6 +91,8 @@ class AuthPipeline:
             credential = self._credentials.extract(request)
             if credential is not None:
                 identity = self._authenticate(credential)
+            for guard in self._guards:
+                guard.check(identity, request)
             result = self._engine.decide(identity, request)
         except ExtAuthzError as error:
             return refusal(error, decision_id, request.request_id, identity)

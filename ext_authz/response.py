@@ -21,6 +21,7 @@ OUTCOME_STATUS: dict[Outcome, tuple[int, int, str]] = {
     Outcome.INVALID_REQUEST: (400, code_pb2.INVALID_ARGUMENT, "bad_request"),
     Outcome.UNAUTHENTICATED: (401, code_pb2.UNAUTHENTICATED, "unauthorized"),
     Outcome.FORBIDDEN: (403, code_pb2.PERMISSION_DENIED, "forbidden"),
+    Outcome.LIMITED: (429, code_pb2.RESOURCE_EXHAUSTED, "too_many_requests"),
     Outcome.ERROR: (503, code_pb2.UNAVAILABLE, "unavailable"),
 }
 # Our reason codes -> the RFC 6750 error code for WWW-Authenticate (none when no credential).
@@ -98,6 +99,8 @@ def _deny(decision: Decision) -> external_auth_pb2.DeniedHttpResponse:
     ]
     if decision.outcome is Outcome.UNAUTHENTICATED:
         response_headers.append(_header("www-authenticate", _www_authenticate(decision)))
+    if decision.retry_after is not None:
+        response_headers.append(_header("retry-after", str(decision.retry_after)))
     return external_auth_pb2.DeniedHttpResponse(
         status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type]
         headers=response_headers,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from ext_authz.credentials import CredentialExtractor, CredentialKind
+from ext_authz.decision_log import DecisionLog
 from ext_authz.identity import Authenticator
 from ext_authz.identity.apikey import ApiKeyAuthenticator
 from ext_authz.identity.bearer import BearerAuthenticator
@@ -20,6 +21,7 @@ from ext_authz.identity.introspection import TokenIntrospector
 from ext_authz.identity.jwks import KeyStore
 from ext_authz.identity.jwt import JwtVerifier
 from ext_authz.identity.mtls import MtlsAuthenticator
+from ext_authz.observe import DecisionObserver
 from ext_authz.pipeline import AuthPipeline
 from ext_authz.policy.engine import CasbinPolicyEngine, PolicyEngine
 from ext_authz.policy.reload import ReloadingPolicyEngine
@@ -53,6 +55,7 @@ class Runtime:
     credential_query: tuple[str, ...] = ()
     tasks: tuple[BackgroundTask, ...] = ()
     key_stores: tuple[KeyStore, ...] = ()
+    observers: tuple[DecisionObserver, ...] = (DecisionLog(),)
 
     def start(self) -> None:
         for task in self.tasks:

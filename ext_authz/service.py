@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 
 from ext_authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from ext_authz.decision_log import log_decision
+from ext_authz.decision_log import DecisionLog
 from ext_authz.errors import ExtAuthzError, InvalidRequestError
 from ext_authz.models import AuthRequest, Decision, Outcome
+from ext_authz.observe import DecisionObserver, notify
 from ext_authz.pipeline import new_decision_id, refusal
 from ext_authz.request import request_id_of, to_auth_request
 from ext_authz.response import to_check_response
@@ -21,6 +22,8 @@ from ext_authz.settings import HeaderSettings
 __all__ = ["AuthorizationServicer"]
 
 log = logging.getLogger(__name__)
+# Used when the runtime itself is unavailable: the failure is still logged as a decision.
+_LOG_ONLY: Sequence[DecisionObserver] = (DecisionLog(),)
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
@@ -34,8 +37,10 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
     ) -> external_auth_pb2.CheckResponse:
         started = time.perf_counter()
         auth_request: AuthRequest | None = None
+        observers: Sequence[DecisionObserver] = _LOG_ONLY
         try:
             runtime = self._runtime()
+            observers = runtime.observers
             try:
                 auth_request = to_auth_request(request)
             except InvalidRequestError as error:
@@ -60,5 +65,5 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
                 request_id=request_id_of(request),
             )
             response = to_check_response(decision, auth_request, HeaderSettings())
-        log_decision(decision, auth_request, time.perf_counter() - started)
+        notify(observers, decision, auth_request, time.perf_counter() - started)
         return response

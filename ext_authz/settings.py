@@ -28,9 +28,12 @@ from ext_authz.identity.http import is_https_or_loopback
 from ext_authz.yaml_strict import load_yaml
 
 __all__ = [
+    "AdminSettings",
     "ApiKeySettings",
+    "BlockSettings",
     "BearerSettings",
     "CredentialSettings",
+    "DecisionLogSettings",
     "HeaderSettings",
     "IntrospectionSettings",
     "KeyRefreshSettings",
@@ -38,9 +41,13 @@ __all__ = [
     "MtlsSettings",
     "PolicySettings",
     "ProviderSettings",
+    "SecuritySettings",
     "Settings",
     "ShadowPolicySettings",
+    "SpikeSettings",
+    "ThresholdSettings",
     "TokenCacheSettings",
+    "WebhookSettings",
     "load_settings",
 ]
 
@@ -232,6 +239,66 @@ class HeaderSettings(_Section):
         return name.lower()  # Envoy hands us lower-case names; compare like with like
 
 
+class AdminSettings(_Section):
+    """The admin HTTP port: Prometheus /metrics and the live view. Never the gRPC port."""
+
+    listen: str | None = None  # e.g. "127.0.0.1:9902"; off unless set (the demo sets it)
+
+
+class DecisionLogSettings(_Section):
+    """Denials are always logged; allowed decisions are logged at this rate (0..1)."""
+
+    allow_sample_rate: float = Field(default=1.0, ge=0, le=1)
+
+
+class ThresholdSettings(_Section):
+    """An event when ``threshold`` occurrences fall within ``window`` seconds."""
+
+    threshold: int = Field(ge=1)
+    window: float = Field(gt=0, le=86400)
+
+
+class SpikeSettings(_Section):
+    """An event when the deny rate over ``window`` exceeds ``factor`` x the rate over the
+    preceding ``baseline`` seconds (and at least ``min_denials`` denials fell in the window)."""
+
+    window: float = Field(default=10, gt=0)
+    baseline: float = Field(default=300, gt=0)
+    factor: float = Field(default=5, gt=1)
+    min_denials: int = Field(default=30, ge=1)
+
+
+class WebhookSettings(_Section):
+    """Security events POSTed as JSON; a bounded queue, retried with backoff, never blocking."""
+
+    url: str = Field(min_length=1)
+    timeout: float = Field(default=2.0, gt=0, le=30)
+    retries: int = Field(default=3, ge=0, le=10)
+    queue_size: int = Field(default=1000, ge=1)
+
+
+class BlockSettings(_Section):
+    """Automatic blocking of the address or subject an event names, for ``ttl`` seconds."""
+
+    enabled: bool = False
+    ttl: int = Field(default=600, ge=1)
+    status: Literal[429, 403] = 429
+    allowlist: tuple[str, ...] = ()  # CIDRs and subjects that are never blocked
+
+
+class SecuritySettings(_Section):
+    """Sliding-window detectors over decisions; each raises a security event."""
+
+    auth_failures_per_source: ThresholdSettings = ThresholdSettings(threshold=20, window=60)
+    auth_failures_per_subject: ThresholdSettings = ThresholdSettings(threshold=10, window=60)
+    deny_spike: SpikeSettings = SpikeSettings()
+    addresses_per_subject: ThresholdSettings = ThresholdSettings(threshold=5, window=300)
+    denied_paths_per_source: ThresholdSettings = ThresholdSettings(threshold=20, window=60)
+    max_tracked_keys: int = Field(default=10000, ge=100)  # per detector; oldest evicted
+    block: BlockSettings = BlockSettings()
+    webhook: WebhookSettings | None = None
+
+
 class Settings(_Section):
     """Everything `ext-authz serve` needs."""
 
@@ -245,6 +312,9 @@ class Settings(_Section):
     denylist_file: ConfigPath | None = None  # revoked jti values and subjects; re-read on change
     policy: PolicySettings
     headers: HeaderSettings = HeaderSettings()
+    admin: AdminSettings = AdminSettings()
+    decision_log: DecisionLogSettings = DecisionLogSettings()
+    security: SecuritySettings = SecuritySettings()
 
     @field_validator("providers")
     @classmethod

@@ -120,6 +120,7 @@ _PATTERN_CHECKS: dict[str, Callable[[str], object]] = {
     "keyMatch5": lambda pattern: key_match5("/", pattern),
     "regexMatch": lambda pattern: regex_match("", pattern),
     "ipMatch": lambda pattern: ip_match("127.0.0.1", pattern),
+    "pathMatch": lambda pattern: functions.path_match("/", pattern),
 }
 _IMMUTABLE_SCALARS = (
     str,

@@ -197,7 +197,6 @@ class CandidateIndex:
         self._plan = plan
         self._expand_roles = expand_roles
         self._table: dict[tuple[object, ...], list[int]] = {}
-        self._projections: dict[tuple[int, ...], dict[tuple[object, ...], list[int]]] = {}
         for position, rule in enumerate(rules):
             keys = [_rule_keys(c, rule[c.p_index]) for c in plan.components]
             for combination in itertools.product(*keys):
@@ -228,31 +227,22 @@ class CandidateIndex:
         return (_first_segment(value), _first_segment(value.removesuffix("\n")), WILDCARD)
 
     def candidates(self, rvals: Sequence[object]) -> list[int] | None:
-        """Positions of every rule that could match, in policy order; None means all rules."""
-        keys = [self._request_keys(component, rvals) for component in self._plan.components]
-        if all(k is None for k in keys):
-            return None
-        return self._lookup(keys)
+        """Positions of every rule that could match, in policy order; None means all rules.
 
-    def _lookup(self, keys: list[tuple[object, ...] | None]) -> list[int]:
+        A request value a component cannot narrow on (an int where a path is expected, a string
+        where a collection is) makes the whole request a full scan: the matcher then fails, or
+        not, exactly as it would in stock Casbin.
+        """
+        keys = []
+        for component in self._plan.components:
+            component_keys = self._request_keys(component, rvals)
+            if component_keys is None:
+                return None
+            keys.append(component_keys)
         found: set[int] = set()
-        narrowing = [i for i, k in enumerate(keys) if k is not None]
-        table = self._table if len(narrowing) == len(keys) else self._partial_table(narrowing)
-        for combination in itertools.product(*(k for k in keys if k is not None)):
+        for combination in itertools.product(*keys):
             try:
-                found.update(table.get(combination, ()))
+                found.update(self._table.get(combination, ()))
             except TypeError:  # an unhashable request value equals no (string) rule value
                 continue
         return sorted(found)
-
-    def _partial_table(self, narrowing: list[int]) -> dict[tuple[object, ...], list[int]]:
-        """The table projected onto some components (built once per projection)."""
-        key = tuple(narrowing)
-        table = self._projections.get(key)
-        if table is None:
-            table = {}
-            for combination, positions in self._table.items():
-                projected = tuple(combination[i] for i in narrowing)
-                table.setdefault(projected, []).extend(positions)
-            self._projections[key] = table
-        return table
