@@ -21,7 +21,15 @@ import casbin
 from casbin.constant.constants import ALLOW_AND_DENY_EFFECT
 from casbin.effect import Effector, effect_to_bool
 from casbin.persist.adapter import Adapter
-from casbin.util import generate_g_function, ip_match, key_match2, key_match5, regex_match
+from casbin.util import (
+    generate_g_function,
+    ip_match,
+    key_match2,
+    key_match3,
+    key_match4,
+    key_match5,
+    regex_match,
+)
 
 from ext_authz.errors import PolicyLoadError
 from ext_authz.policy import functions
@@ -117,6 +125,8 @@ def _read_rules(path: Path) -> list[PolicyRule]:
 # Calls that read a rule value as a pattern, and fail on a bad one (the request side is a dummy).
 _PATTERN_CHECKS: dict[str, Callable[[str], object]] = {
     "keyMatch2": lambda pattern: key_match2("/", pattern),
+    "keyMatch3": lambda pattern: key_match3("/", pattern),
+    "keyMatch4": lambda pattern: key_match4("/", pattern),
     "keyMatch5": lambda pattern: key_match5("/", pattern),
     "regexMatch": lambda pattern: regex_match("", pattern),
     "ipMatch": lambda pattern: ip_match("127.0.0.1", pattern),
@@ -357,6 +367,14 @@ class PolicyEnforcer:
             return int(self._policy.index(list(explain)))
         except ValueError:
             return -1
+
+    def cache_stats(self) -> tuple[int, int]:
+        """(hits, misses) of this policy version's decision cache; (0, 0) when not cached."""
+        cache_info = getattr(self._decide, "cache_info", None)
+        if cache_info is None:
+            return 0, 0
+        info = cache_info()
+        return info.hits, info.misses
 
     def enforce(self, *rvals: object) -> bool:
         return self.enforce_ex(*rvals)[0]

@@ -31,9 +31,10 @@ from typing import Any
 
 import casbin
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ext_authz.errors import PolicyLoadError
 from ext_authz.policy.conditions import RequestContext
 from ext_authz.policy.enforcer import MATCHER_FUNCTIONS, PolicyEnforcer
 
@@ -51,8 +52,6 @@ DIFF = settings(
         HealthCheck.large_base_example,  # the one byte string each example reads (see Gen)
     ],
 )
-# For the xfail tests of known bugs: stop at the first counterexample instead of shrinking it.
-FIRST_FAILURE = settings(DIFF, phases=[Phase.explicit, Phase.generate])
 choices = st.binary(min_size=4096, max_size=4096)  # see Gen
 
 # --- models ----------------------------------------------------------------------------------
@@ -116,6 +115,8 @@ MODELS: dict[str, str] = {
     ),
     "path_method": conf("g(r.sub, p.sub) && pathMatch(r.obj, p.obj) && methodMatch(r.act, p.act)"),
     "keymatch2_reversed": conf("g(r.sub, p.sub) && keyMatch2(p.obj, r.obj) && r.act == p.act"),
+    "keymatch2_first": conf("keyMatch2(r.obj, p.obj) && g(r.sub, p.sub) && r.act == p.act"),
+    "keymatch4_first": conf("keyMatch4(r.obj, p.obj) && g(r.sub, p.sub) && r.act == p.act"),
     "resource_roles": conf(
         "g(r.sub, p.sub) && g2(r.obj, p.obj) && r.act == p.act", g=("_, _", "_, _")
     ),
@@ -594,6 +595,7 @@ SPECS = [
     Spec("admin_bypass", KEYMATCH2),
     Spec("path_method", PATHMATCH, acts=METHOD_PATTERNS, request_acts=REQUEST_METHODS),
     Spec("keymatch2_reversed", KEYMATCH2, reversed_obj=True),
+    Spec("keymatch2_first", KEYMATCH2),
 ]
 
 
@@ -614,12 +616,9 @@ def test_priority_lower_number_wins_regardless_of_file_order(workdir: Path) -> N
 
 # --- regex patterns that escape their literal first segment ----------------------------------
 
-ESCAPE_BUG = (
-    "BUG: the first-segment index files a keyMatch2/keyMatch5 rule under its literal first "
-    "segment, but the pattern is a regex: a top-level '|' (/api/x|/admin matches /admin), a '?' "
-    "or '{0}' after the first '/' (/api/?x matches /apix) or '$' before a trailing newline "
-    "(/books matches '/books\\n') lets it match paths whose first segment differs"
-)
+# Found against c212f92: its first-segment index filed such a rule under its literal first
+# segment, and missed it for /admin under /api/x|/admin, /apix under /api/?x, "/books\n" under
+# /books.
 ESCAPING_SPECS = [
     Spec("keymatch2", KEYMATCH2_ESCAPING),
     Spec("keymatch5", KEYMATCH5_ESCAPING),
@@ -627,9 +626,8 @@ ESCAPING_SPECS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason=ESCAPE_BUG)
 @pytest.mark.parametrize("spec", ESCAPING_SPECS, ids=[spec.model for spec in ESCAPING_SPECS])
-@FIRST_FAILURE
+@DIFF
 @given(data=choices)
 def test_regex_patterns_escaping_their_first_segment(
     workdir: Path, spec: Spec, data: bytes
@@ -637,17 +635,22 @@ def test_regex_patterns_escaping_their_first_segment(
     compare(workdir, sub_obj_act_case(Gen(data), spec))
 
 
-@pytest.mark.xfail(strict=True, reason=ESCAPE_BUG)
-@pytest.mark.parametrize("model", ["keymatch2", "keymatch5"])
-@pytest.mark.parametrize(
-    ("pattern", "path"),
-    [
-        ("/api/x|/admin", "/admin"),
-        ("/api/|x", "x"),
-        ("/api/?x", "/apix"),
-        ("/books", "/books\n"),
-    ],
-)
+ESCAPES_BY_EXAMPLE = [
+    *(
+        (model, pattern, path)
+        for model in ("keymatch2", "keymatch5")
+        for pattern, path in [
+            ("/api/x|/admin", "/admin"),
+            ("/api/|x", "x"),
+            ("/api/?x", "/apix"),
+            ("/books", "/books\n"),
+        ]
+    ),
+    ("keymatch2", "/api/{0}x", "/apix"),  # keyMatch5 reads {0} as a parameter
+]
+
+
+@pytest.mark.parametrize(("model", "pattern", "path"), ESCAPES_BY_EXAMPLE)
 def test_regex_pattern_escaping_its_first_segment(
     workdir: Path, model: str, pattern: str, path: str
 ) -> None:
@@ -820,21 +823,16 @@ def test_abac_eval_rules(workdir: Path, data: bytes) -> None:
     compare(workdir, abac_case(Gen(data), "abac_eval", SUB_RULES, mutable=True))
 
 
-CACHE_BUG = (
-    "BUG: the decision cache is keyed on the request values, but this matcher reads attributes "
-    "of r.sub (r.sub.Dept, r.sub.Age); the same subject object asked again after its attributes "
-    "changed gets the stale decision"
-)
+# Found against c212f92: its decision cache was keyed on the request values, so the same subject
+# object asked again after its attributes changed got the stale decision.
 
 
-@pytest.mark.xfail(strict=True, reason=CACHE_BUG)
-@FIRST_FAILURE
+@DIFF
 @given(data=choices)
 def test_abac_subject_attributes_with_reused_subject_objects(workdir: Path, data: bytes) -> None:
     compare(workdir, abac_case(Gen(data), "abac_attrs", DEPTS, mutable=True))
 
 
-@pytest.mark.xfail(strict=True, reason=CACHE_BUG)
 def test_abac_decision_follows_attribute_change(workdir: Path) -> None:
     person = MutablePerson()
     person.Dept = "eng"
@@ -1036,32 +1034,56 @@ def test_shipped_model_and_policy(workdir: Path, data: bytes) -> None:
 
 
 # --- errors --------------------------------------------------------------------------------
-
-RAISES_BUG = (
-    "BUG: where stock Casbin raises while evaluating a rule (a keyMatch2 pattern that is not a "
-    "valid regex; a request subject without the attribute the matcher reads), PolicyEnforcer "
-    "answers instead whenever the index leaves that rule out of the candidates"
-)
+# Where stock Casbin raises for a request (it reached a rule its matcher cannot evaluate), an
+# index that leaves that rule out of the candidates would answer instead. PolicyEnforcer must then
+# raise too, or refuse the policy when loading it.
 
 
-@pytest.mark.xfail(strict=True, reason=RAISES_BUG)
 @pytest.mark.parametrize(
     ("model", "rules", "request_"),
     [
-        pytest.param(
+        pytest.param(  # found against c212f92, now refused at load
             "keymatch2",
             [("p", "bob", "/books/**", "read"), ("p", "bob", "/x", "read")],
             ("bob", "/x", "read"),
-            id="invalid-regex",
+            id="keyMatch2-invalid-regex",
         ),
-        pytest.param(
-            "abac_attrs", [("p", "eng", "data1", "read")], ("alice", "data2", "read"), id="no-attr"
+        pytest.param(  # found against c212f92, now fully scanned
+            "abac_attrs",
+            [("p", "eng", "data1", "read")],
+            ("alice", "data2", "read"),
+            id="subject-without-attribute",
+        ),
+        pytest.param(  # refused at load
+            "keymatch4_first",
+            [("p", "bob", "/books/**", "read"), ("p", "alice", "/x", "read")],
+            ("alice", "/x", "read"),
+            id="keyMatch4-invalid-regex",
+        ),
+        pytest.param(  # refused at load
+            "path_method",
+            [("p", "bob", "/api/b*", "GET"), ("p", "alice", "/x", "GET")],
+            ("bob", "/x", "GET"),
+            id="pathMatch-invalid-pattern",
+        ),
+        pytest.param(  # a request value the index cannot narrow on: fully scanned
+            "keymatch2_first",
+            [("p", "bob", "/books", "read"), ("p", "alice", "/x", "read")],
+            ("carol", 1, "read"),
+            id="non-string-path",
         ),
     ],
 )
 def test_raises_where_stock_casbin_raises(
     workdir: Path, model: str, rules: list[tuple[str, ...]], request_: tuple
 ) -> None:
-    stock, _ = compare(workdir, Case(model, PolicyFile.plain(rules), [request_]))
+    model_path, policy_path = workdir / f"{model}.conf", workdir / f"{model}.csv"
+    policy_path.write_text(PolicyFile.plain(rules).text)
     with pytest.raises(Exception):  # noqa: B017 - whatever stock Casbin raises
-        stock.enforce(*request_)
+        stock_enforcer(model_path, policy_path).enforce(*request_)
+    try:
+        ours = PolicyEnforcer(model_path, policy_path)
+    except PolicyLoadError:
+        return
+    with pytest.raises(Exception):  # noqa: B017
+        ours.enforce(*request_)
