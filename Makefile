@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo proto lint test e2e bench
+.PHONY: help setup demo proto lint chromium test e2e bench
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -29,7 +29,13 @@ lint: setup  ## generated code up to date, ruff, ruff format, mypy --strict
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint  ## lint, the shipped policies' test cases, then the whole test suite (e2e included)
+# The live-view end-to-end test looks at the page in headless Chromium (Debian's package).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "install Chromium (e.g. sudo apt-get install chromium) for the live-view test" >&2; exit 1; fi; }
+
+test: lint chromium  ## lint, the shipped policies' test cases, then the whole test suite (e2e included)
 	$(BIN)/ext-authz policy test policies/
 	$(BIN)/python -m pytest
 

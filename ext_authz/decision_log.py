@@ -7,6 +7,8 @@ import logging
 import random
 import time
 
+from opentelemetry import trace
+
 from ext_authz.models import AuthRequest, Decision, Outcome
 
 __all__ = ["DecisionLog", "JsonFormatter", "log_decision"]
@@ -45,6 +47,8 @@ class DecisionLog:
 
 
 def log_decision(decision: Decision, request: AuthRequest | None, latency_s: float) -> None:
+    """Log one decision; ``trace_id`` is the current span's (the Check's), else null."""
+    span_context = trace.get_current_span().get_span_context()
     fields: dict[str, object] = {
         "event": "decision",
         "decision_id": decision.decision_id,
@@ -55,6 +59,7 @@ def log_decision(decision: Decision, request: AuthRequest | None, latency_s: flo
         "matched_rule": decision.matched_rule,
         "latency_ms": round(latency_s * 1000, 3),
         "request_id": decision.request_id,
+        "trace_id": trace.format_trace_id(span_context.trace_id) if span_context.is_valid else None,
     }
     if request is not None:
         fields.update(

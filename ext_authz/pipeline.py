@@ -7,8 +7,12 @@ a refusal here; anything else propagates to the servicer, which fails closed.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Protocol
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, StatusCode
 
 from ext_authz.credentials import Credential, CredentialExtractor, CredentialKind
 from ext_authz.errors import (
@@ -23,6 +27,18 @@ from ext_authz.identity import Authenticator
 from ext_authz.identity.denylist import Denylist
 from ext_authz.models import ANONYMOUS, AuthRequest, Decision, Identity, Outcome
 from ext_authz.policy.engine import PolicyEngine
+from ext_authz.telemetry import (
+    ATTR_AUTH_METHOD,
+    ATTR_CREDENTIAL_SOURCE,
+    ATTR_PROVIDER,
+    ATTR_REASON,
+    ATTR_RULE,
+    SPAN_AUTHORIZATION,
+    SPAN_CREDENTIALS,
+    SPAN_GUARDS,
+    SPAN_IDENTITY,
+    phase_tracer,
+)
 
 __all__ = ["AuthPipeline", "Guard", "new_decision_id", "refusal"]
 
@@ -67,6 +83,28 @@ def refusal(
     )
 
 
+@contextmanager
+def _phase(name: str) -> Iterator[Span]:
+    """A child span for one phase. A refusal is an answer, not a failure: it only sets the
+    reason code; anything else is recorded as the error it is and propagates."""
+    current = trace.get_current_span()
+    if not current.is_recording():  # tracing off, unsampled, or no Check: no child span
+        yield current  # its setters do nothing
+        return
+    with phase_tracer().start_as_current_span(
+        name, record_exception=False, set_status_on_exception=False
+    ) as span:
+        try:
+            yield span
+        except ExtAuthzError as error:
+            span.set_attribute(ATTR_REASON, error.code)
+            raise
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(StatusCode.ERROR, type(exc).__name__)
+            raise
+
+
 class AuthPipeline:
     """Runs the phases for one request and returns the Decision."""
 
@@ -85,15 +123,28 @@ class AuthPipeline:
         self._guards = tuple(guards)
 
     def evaluate(self, request: AuthRequest) -> Decision:
+        """Decide ``request``, with a child span per phase that runs (see telemetry.py)."""
         decision_id = new_decision_id()
         identity = ANONYMOUS
         try:
-            credential = self._credentials.extract(request)
+            with _phase(SPAN_CREDENTIALS) as span:
+                credential = self._credentials.extract(request)
+                if credential is not None:
+                    span.set_attribute(ATTR_CREDENTIAL_SOURCE, credential.source)
             if credential is not None:
-                identity = self._authenticate(credential)
-            for guard in self._guards:
-                guard.check(identity, request)
-            result = self._engine.decide(identity, request)
+                with _phase(SPAN_IDENTITY) as span:
+                    identity = self._authenticate(credential)
+                    span.set_attributes(
+                        {ATTR_PROVIDER: identity.issuer, ATTR_AUTH_METHOD: identity.method}
+                    )
+            if self._guards:
+                with _phase(SPAN_GUARDS):
+                    for guard in self._guards:
+                        guard.check(identity, request)
+            with _phase(SPAN_AUTHORIZATION) as span:
+                result = self._engine.decide(identity, request)
+                if result.matched_rule is not None:
+                    span.set_attribute(ATTR_RULE, result.matched_rule)
         except ExtAuthzError as error:
             return refusal(error, decision_id, request.request_id, identity)
         if result.allowed:

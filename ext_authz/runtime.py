@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from ext_authz.admin import AdminServer, LiveView
 from ext_authz.credentials import CredentialExtractor, CredentialKind
 from ext_authz.decision_log import DecisionLog
 from ext_authz.identity import Authenticator
@@ -21,12 +22,15 @@ from ext_authz.identity.introspection import TokenIntrospector
 from ext_authz.identity.jwks import KeyStore
 from ext_authz.identity.jwt import JwtVerifier
 from ext_authz.identity.mtls import MtlsAuthenticator
+from ext_authz.metrics import Metrics
 from ext_authz.observe import DecisionObserver
 from ext_authz.pipeline import AuthPipeline
 from ext_authz.policy.engine import CasbinPolicyEngine, PolicyEngine
 from ext_authz.policy.reload import ReloadingPolicyEngine
 from ext_authz.policy.shadow import ShadowPolicyEngine
 from ext_authz.settings import HeaderSettings, PolicySettings, Settings
+from ext_authz.signals import SecuritySignals
+from ext_authz.signals.blocklist import Block
 from ext_authz.watch import WatchedFile
 
 __all__ = ["BackgroundTask", "Runtime", "build_runtime"]
@@ -83,10 +87,11 @@ def build_runtime(settings: Settings) -> Runtime:
     tasks.extend(stores)
     authenticators: dict[CredentialKind, Authenticator] = {}
     jwt: JwtVerifier | None = None
+    caches: list[TokenCache] = []
     if stores:
-        cache = TokenCache(settings.token_cache.max_entries)
+        caches.append(TokenCache(settings.token_cache.max_entries))
         pairs = list(zip(settings.providers, stores, strict=True))
-        jwt = JwtVerifier(pairs, cache)
+        jwt = JwtVerifier(pairs, caches[0])
         authenticators[CredentialKind.BEARER] = jwt
     credentials = settings.credentials
     if credentials.introspection is not None:
@@ -107,13 +112,33 @@ def build_runtime(settings: Settings) -> Runtime:
         watched = WatchedFile(settings.denylist_file, load_denylist)
         tasks.append(watched)
         denylist = watched.current
-    engine = _policy_engine(settings.policy, tasks)
+    engine, policies = _policy_engine(settings.policy, tasks)
+    signals = SecuritySignals(
+        settings.security,
+        subject_claims={provider.issuer: provider.subject_claim for provider in settings.providers},
+    )
+    tasks.append(signals)
     pipeline = AuthPipeline(
         CredentialExtractor(credentials, mtls.principal if mtls else None),
         authenticators,
         engine,
         denylist,
+        guards=[signals.blocklist],
     )
+    observers: list[DecisionObserver] = [
+        DecisionLog(settings.decision_log.allow_sample_rate),
+        signals,
+    ]
+    if settings.admin.listen is not None:
+        metrics = Metrics(key_stores=stores, token_caches=caches, policy_engines=policies)
+        live = LiveView(
+            blocks=lambda: [_block_view(block) for block in signals.blocklist.current_blocks()],
+            policy_version=lambda: policies["live"].version,
+        )
+        signals.subscribe(lambda event: metrics.record_security_event(event.kind))
+        signals.subscribe(lambda event: live.record_event(event.as_dict()))
+        observers += [metrics, live]
+        tasks.append(AdminServer(settings.admin.listen, metrics, live))
     query = credentials.bearer.query_parameter
     return Runtime(
         pipeline,
@@ -122,7 +147,17 @@ def build_runtime(settings: Settings) -> Runtime:
         (query,) if query else (),
         tuple(tasks),
         stores,
+        observers=tuple(observers),
     )
+
+
+def _block_view(block: Block) -> dict[str, object]:
+    return {
+        "key": block.key,
+        "kind": block.key_type,
+        "reason": block.reason,
+        "expires_in": round(block.remaining_s),
+    }
 
 
 def _watched_policy(model: Path, policy: Path, interval: float) -> ReloadingPolicyEngine:
@@ -131,13 +166,16 @@ def _watched_policy(model: Path, policy: Path, interval: float) -> ReloadingPoli
     )
 
 
-def _policy_engine(settings: PolicySettings, tasks: list[BackgroundTask]) -> PolicyEngine:
-    """The live policy (reloaded on change), and the shadow candidate beside it if configured."""
+def _policy_engine(
+    settings: PolicySettings, tasks: list[BackgroundTask]
+) -> tuple[PolicyEngine, dict[str, ReloadingPolicyEngine]]:
+    """The engine deciding requests: the live policy (reloaded on change), with the shadow
+    candidate beside it if configured; and the policies by name, for metrics."""
     live = _watched_policy(settings.model, settings.policy, settings.reload_interval)
     tasks.append(live)
     if settings.shadow is None:
-        return live
+        return live, {"live": live}
     shadow = settings.shadow
     candidate = _watched_policy(shadow.model, shadow.policy, settings.reload_interval)
     tasks.append(candidate)
-    return ShadowPolicyEngine(live, candidate)
+    return ShadowPolicyEngine(live, candidate), {"live": live, "shadow": candidate}

@@ -276,6 +276,13 @@ class WebhookSettings(_Section):
     retries: int = Field(default=3, ge=0, le=10)
     queue_size: int = Field(default=1000, ge=1)
 
+    @field_validator("url")
+    @classmethod
+    def _secure_url(cls, url: str) -> str:
+        if not is_https_or_loopback(url):
+            raise ValueError("events are sent over https only (http for loopback)")
+        return url
+
 
 class BlockSettings(_Section):
     """Automatic blocking of the address or subject an event names, for ``ttl`` seconds."""

@@ -1,9 +1,10 @@
 """The docker-compose stack, checked statically: no Docker engine is needed (or used).
 
-docker-compose.yml, the Dockerfile, deploy/compose/ext-authz.yaml and envoy/envoy.yaml are
+docker-compose.yml, the Dockerfile, the configs under deploy/compose/ and envoy/envoy.yaml are
 written by hand and have to agree with each other: every mounted file exists, every address
 Envoy dials is a compose service listening on that port, the keys `init` writes are where Envoy
-and ext-authz read them and are readable by the uid they run as, and only Envoy is published.
+and ext-authz read them and are readable by the uid they run as, spans reach Jaeger through the
+collector, and only Envoy (and Jaeger's UI) is published, on loopback.
 The shipped Envoy config is run through the real `envoy --mode validate`.
 """
 
@@ -34,11 +35,17 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 ENVOY_CONFIG = ROOT / "envoy" / "envoy.yaml"
 SERVICE_CONFIG = ROOT / "deploy" / "compose" / "ext-authz.yaml"
+COLLECTOR_CONFIG = ROOT / "deploy" / "compose" / "otel-collector.yaml"
 
 STATE_VOLUME = "state"
 INIT = "init"  # writes the keys into the state volume, once
 EXT_AUTHZ = "ext-authz"
 ENVOY = "envoy"
+COLLECTOR = "otel-collector"
+JAEGER = "jaeger"
+JAEGER_UI_PORT = 16686
+DASHBOARD_PORTS = {"prometheus": 9090, "grafana": 3000}
+DATA_VOLUMES = {"prometheus": "prometheus", "grafana": "grafana"}
 # Where envoy.yaml expects the files `init` generates.
 ENVOY_STATE_PREFIX = "/etc/ext-authz/state/"
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
@@ -263,16 +270,36 @@ def _state_mount(service: dict[str, Any]) -> Mount | None:
     return next((m for m in _mounts(service) if m.source == STATE_VOLUME), None)
 
 
+def _endpoint(url: str) -> tuple[str, int]:
+    """(host, port) of ``host:port`` or ``scheme://host:port``."""
+    host, port = url.split("://", 1)[-1].rsplit(":", 1)
+    return host, int(port)
+
+
 def _listening_port(
     name: str, services: dict[str, dict[str, Any]], runtime_stage: list[tuple[str, str]]
 ) -> int:
     """The port a compose service listens on, read from its own command or config file."""
+    if name == COLLECTOR:  # OTLP/gRPC, from the collector's config file
+        config = _collector_config(services)
+        return _endpoint(config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"])[1]
     argv = _command(services[name], runtime_stage)
     if "serve" in argv:
         config = _host_path(services[name], PurePosixPath(_option(argv, "--config")))
         assert config is not None, f"{name}: its --config is not mounted from the repository"
         return _port_of(load_settings(config).listen)
     return int(_option(argv, "--port"))
+
+
+def _collector_config(services: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The collector's config, read from the repository file its --config is mounted from."""
+    (argument,) = [a for a in services[COLLECTOR]["command"] if a.startswith("--config=")]
+    path = _host_path(services[COLLECTOR], PurePosixPath(argument.split("=", 1)[1]))
+    assert path is not None, f"{COLLECTOR}: its --config is not mounted from the repository"
+    assert path.resolve() == COLLECTOR_CONFIG
+    config = _load_yaml(path)
+    assert isinstance(config, dict)
+    return config
 
 
 # --- the compose file and the repository -------------------------------------------------------
@@ -361,8 +388,10 @@ def test_only_init_can_write_a_mounted_path(services: dict[str, dict[str, Any]])
         for mount in _mounts(service):
             if name == INIT and mount.source == STATE_VOLUME:
                 continue
+            if DATA_VOLUMES.get(name) == mount.source:  # their own storage, nothing of ours
+                continue
             assert mount.read_only, f"{name}: {mount.source} is mounted writable"
-    for name in (INIT, EXT_AUTHZ, "upstream"):
+    for name in (INIT, EXT_AUTHZ, "upstream", COLLECTOR, JAEGER):
         assert services[name].get("read_only") is True, f"{name}: root filesystem is writable"
 
 
@@ -441,11 +470,33 @@ def test_compose_publishes_envoys_listener_ports_on_loopback_only(
     assert redirects and set(redirects) <= {port.published for port in published}
 
 
-def test_only_envoy_is_reachable_from_the_host(services: dict[str, dict[str, Any]]) -> None:
+def test_only_envoy_and_the_dashboards_are_reachable_from_the_host(
+    services: dict[str, dict[str, Any]],
+) -> None:
     for name, service in services.items():
-        if name != ENVOY:
+        if name not in {ENVOY, JAEGER, *DASHBOARD_PORTS}:
             assert not service.get("ports"), f"{name} publishes {service['ports']}"
-            assert service.get("network_mode") != "host", f"{name} uses the host network"
+        assert service.get("network_mode") != "host", f"{name} uses the host network"
+    # Jaeger: its UI only (not its OTLP receiver), on loopback; likewise the metrics UIs.
+    assert _published_ports(services[JAEGER]) == [
+        PublishedPort("127.0.0.1", JAEGER_UI_PORT, JAEGER_UI_PORT)
+    ]
+    for name, port in DASHBOARD_PORTS.items():
+        assert _published_ports(services[name]) == [PublishedPort("127.0.0.1", port, port)]
+
+
+def test_prometheus_scrapes_the_admin_port_ext_authz_listens_on(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    scrape = yaml.safe_load((ROOT / "deploy" / "compose" / "prometheus.yaml").read_text())
+    targets = [
+        t for job in scrape["scrape_configs"] for c in job["static_configs"] for t in c["targets"]
+    ]
+    settings = load_settings(SERVICE_CONFIG)
+    assert settings.admin.listen is not None
+    admin_port = int(settings.admin.listen.rsplit(":", 1)[1])
+    assert f"ext-authz:{admin_port}" in targets
+    assert "prometheus" in services and "grafana" in services
 
 
 def test_envoy_clusters_dial_compose_services_on_the_ports_they_listen_on(
@@ -460,7 +511,7 @@ def test_envoy_clusters_dial_compose_services_on_the_ports_they_listen_on(
         if "socket_address" in node
     ]
     dialled = {(ep["address"], ep["port_value"]) for ep in endpoints}
-    assert dialled == {(EXT_AUTHZ, 9191), ("upstream", 8000)}
+    assert dialled == {(EXT_AUTHZ, 9191), ("upstream", 8000), (COLLECTOR, 4317)}
     for address, port in dialled:
         assert address in services, f"Envoy dials {address}, which is no compose service"
         assert _listening_port(address, services, runtime_stage) == port, address
@@ -620,7 +671,11 @@ def test_ext_authz_filter_fails_closed(envoy_config: dict[str, Any]) -> None:
 
 def test_every_route_to_an_upstream_passes_ext_authz_first(envoy_config: dict[str, Any]) -> None:
     authz_clusters = {
-        node["envoy_grpc"]["cluster_name"] for node in _walk(envoy_config) if "envoy_grpc" in node
+        grpc["envoy_grpc"]["cluster_name"]
+        for node in _walk(envoy_config)
+        if node.get("name") == EXT_AUTHZ_FILTER
+        for grpc in _walk(node)
+        if "envoy_grpc" in grpc
     }
     assert authz_clusters == {"ext_authz"}
     for manager in _connection_managers(envoy_config):
@@ -633,3 +688,63 @@ def test_every_route_to_an_upstream_passes_ext_authz_first(envoy_config: dict[st
             assert manager["http_filters"][0]["name"] == EXT_AUTHZ_FILTER, manager["stat_prefix"]
         # A route to the authz cluster would let clients call Check themselves.
         assert not routed & authz_clusters, manager["stat_prefix"]
+
+
+# --- traces: Envoy and ext-authz -> collector -> Jaeger ----------------------------------------
+
+
+def test_envoy_traces_every_proxied_request_to_the_collector(envoy_config: dict[str, Any]) -> None:
+    clusters = {c["name"] for c in envoy_config["static_resources"]["clusters"]}
+    for manager in _connection_managers(envoy_config):
+        routes_upstream = any(
+            isinstance(node.get("route"), dict) for node in _walk(manager["route_config"])
+        )
+        if not routes_upstream:
+            continue  # the http listener only redirects
+        provider = manager["tracing"]["provider"]
+        assert provider["name"] == "envoy.tracers.opentelemetry", manager["stat_prefix"]
+        cluster = provider["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
+        assert cluster == "otel_collector" and cluster in clusters
+
+
+def test_ext_authz_exports_its_spans_to_the_collectors_otlp_grpc_port(
+    services: dict[str, dict[str, Any]], runtime_stage: list[tuple[str, str]]
+) -> None:
+    environment = services[EXT_AUTHZ]["environment"]
+    assert environment["OTEL_SERVICE_NAME"] == EXT_AUTHZ
+    assert environment.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc") == "grpc"
+    # With an endpoint and no OTEL_TRACES_EXPORTER, ext-authz exports over OTLP.
+    assert environment.get("OTEL_TRACES_EXPORTER", "otlp") == "otlp"
+    host, port = _endpoint(environment["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    assert host == COLLECTOR
+    assert port == _listening_port(COLLECTOR, services, runtime_stage)
+
+
+def test_collector_forwards_traces_to_jaeger_over_otlp(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    config = _collector_config(services)
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert pipeline["receivers"] == ["otlp"]
+    for kind in ("receivers", "processors", "exporters"):
+        assert set(pipeline[kind]) <= set(config[kind]), f"undefined {kind} in the pipeline"
+    (exporter,) = pipeline["exporters"]
+    assert exporter.split("/", 1)[0] == "otlp"
+    assert _endpoint(config["exporters"][exporter]["endpoint"]) == (JAEGER, 4317)
+    assert services[JAEGER]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    assert services[COLLECTOR]["depends_on"][JAEGER]["condition"] == "service_started"
+
+
+def test_collector_strips_query_strings_from_span_urls(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # Envoy's server span carries http.url with the query, where a credential can be.
+    config = _collector_config(services)
+    assert "transform/redact_query" in config["service"]["pipelines"]["traces"]["processors"]
+    (group,) = config["processors"]["transform/redact_query"]["trace_statements"]
+    (statement,) = group["statements"]
+    match = re.fullmatch(r'replace_pattern\(attributes\["http\.url"\], "(.*)", ""\)', statement)
+    assert group["context"] == "span" and match is not None, statement
+    pattern = match.group(1).replace("\\\\", "\\")  # the OTTL string literal, unescaped
+    url = "https://api.example/api/books?access_token=SECRET&page=2"
+    assert re.sub(pattern, "", url) == "https://api.example/api/books"

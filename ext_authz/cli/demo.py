@@ -46,6 +46,13 @@ _PORT = click.IntRange(1, 65535)
     "--upstream-port", type=_PORT, default=8000, show_default=True, help="The echo upstream."
 )
 @click.option(
+    "--metrics-port",
+    type=_PORT,
+    default=9902,
+    show_default=True,
+    help="ext-authz's admin HTTP port: Prometheus /metrics and the live view.",
+)
+@click.option(
     "--mtls-port",
     type=_PORT,
     default=8444,
@@ -70,6 +77,7 @@ def demo(
     grpc_port: int,
     admin_port: int,
     upstream_port: int,
+    metrics_port: int,
     mtls_port: int,
     policies: Path | None,
     init_only: bool,
@@ -82,6 +90,7 @@ def demo(
         admin=admin_port,
         upstream=upstream_port,
         mtls=mtls_port,
+        metrics=metrics_port,
     )
     with config_errors_exit():
         if init_only:
@@ -99,14 +108,14 @@ def demo(
             raise SystemExit(STARTUP_FAILED_EXIT) from None
         try:
             click.echo(f"ready {stack.url}")
-            click.echo(_hints(state_dir, stack.url, ports.mtls))
+            click.echo(_hints(state_dir, stack.url, ports))
             stopping.wait()
         finally:
             stack.stop()
             click.echo("stopped")
 
 
-def _hints(state_dir: Path, url: str, mtls_port: int) -> str:
+def _hints(state_dir: Path, url: str, ports: DemoPorts) -> str:
     ca = f"--cacert {state_dir}/tls.crt"
     return (
         f"  JWT:     TOKEN=$(ext-authz token --state-dir {state_dir} --sub alice --role viewer)\n"
@@ -114,6 +123,9 @@ def _hints(state_dir: Path, url: str, mtls_port: int) -> str:
         f'  API key: curl {ca} -H "x-api-key: $(cat {state_dir}/demo-api-key)"'
         f" -X POST {url}/api/books\n"
         f"  mTLS:    curl {ca} --cert {state_dir}/client.crt --key {state_dir}/client.key"
-        f" https://127.0.0.1:{mtls_port}/api/books\n"
-        f"  logs: {state_dir}/ext-authz.log {state_dir}/envoy.log; Ctrl-C stops everything"
+        f" https://127.0.0.1:{ports.mtls}/api/books\n"
+        f"  live view: http://127.0.0.1:{ports.metrics}/  metrics:"
+        f" http://127.0.0.1:{ports.metrics}/metrics\n"
+        f"  logs (decisions, security events, trace spans): {state_dir}/ext-authz.log;"
+        f" Envoy: {state_dir}/envoy.log; Ctrl-C stops everything"
     )

@@ -10,6 +10,7 @@ from ext_authz.cli.errors import config_errors_exit
 from ext_authz.logging_setup import configure_logging
 from ext_authz.server import serve as run_server
 from ext_authz.settings import load_settings
+from ext_authz.telemetry import configure_tracing, shutdown_tracing
 
 __all__ = ["serve"]
 
@@ -23,8 +24,17 @@ __all__ = ["serve"]
     help="Settings YAML file (see the README's configuration reference).",
 )
 def serve(config_path: Path) -> None:
-    """Serve ext_authz v3 gRPC Check, with gRPC health and reflection."""
+    """Serve ext_authz v3 gRPC Check, with gRPC health and reflection.
+
+    Traces are exported as the standard OTEL_* environment variables say (OTEL_TRACES_EXPORTER:
+    otlp, console or none; off unless an OTLP endpoint or an exporter is set).
+    """
     with config_errors_exit():
         settings = load_settings(config_path)
         configure_logging(settings.log_level)
-        raise SystemExit(run_server(settings))
+        configure_tracing()
+        try:
+            status = run_server(settings)
+        finally:
+            shutdown_tracing()  # export the spans still queued
+        raise SystemExit(status)

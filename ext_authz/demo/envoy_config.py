@@ -3,6 +3,10 @@
 The shipped file is the one source of truth for every security setting. The demo only moves it
 onto loopback: listener/admin addresses and ports, cluster endpoints, and TLS file paths (the
 server certificate and key, and the client CA the ``mtls`` listener trusts).
+
+Envoy's spans go to the ``otel_collector`` cluster, rendered to 127.0.0.1:4317 (the standard
+OTLP/gRPC port): a local collector or Jaeger listening there receives them; with nothing there
+Envoy drops them and serves as usual.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class DemoPorts:
     admin: int = 9901
     upstream: int = 8000  # where the echo upstream listens
     mtls: int = 8444  # https that requires a client certificate signed by the demo client CA
+    otlp: int = 4317  # where Envoy exports its spans (OTLP/gRPC); no demo process listens there
+    metrics: int = 9902  # ext-authz's admin HTTP port: /metrics and the live view
 
 
 def load_envoy_config(path: Path) -> dict[str, Any]:
@@ -87,6 +93,7 @@ def render_demo_config(
     _set_client_ca(mtls, state)
     _make_static(_require(clusters, "ext_authz", "cluster"), ports.grpc)
     _make_static(_require(clusters, "upstream", "cluster"), ports.upstream)
+    _make_static(_require(clusters, "otel_collector", "cluster"), ports.otlp)
     return config
 
 

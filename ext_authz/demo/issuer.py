@@ -7,15 +7,27 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ext_authz.demo.credentials import DEMO_API_KEY_OWNER
 from ext_authz.demo.keys import ensure_demo_keys
 from ext_authz.identity.jwt import sign_token
 
-__all__ = ["DEMO_AUDIENCE", "DEMO_ISSUER", "mint_demo_token", "service_settings"]
+__all__ = ["DEMO_AUDIENCE", "DEMO_ISSUER", "DEMO_SECURITY", "mint_demo_token", "service_settings"]
 
 DEMO_ISSUER = "https://demo.ext-authz.local"
 DEMO_AUDIENCE = "demo-api"
 # Client certificates the demo's client CA issues; they get the viewer role.
 DEMO_CLIENT_PRINCIPALS = "spiffe://demo.ext-authz.local/client/*"
+# Security signals with thresholds a short scripted attack reaches, and blocking on: ten bad
+# tokens from one address within 30 s block it (127.0.0.1 too: the demo shows the block) for a
+# minute. The CI bot's API key is used from many runners, so its owner is never blocked.
+DEMO_SECURITY: dict[str, object] = {
+    "auth_failures_per_source": {"threshold": 10, "window": 30},
+    "auth_failures_per_subject": {"threshold": 5, "window": 30},
+    "deny_spike": {"window": 10, "baseline": 120, "factor": 5, "min_denials": 30},
+    "addresses_per_subject": {"threshold": 5, "window": 300},
+    "denied_paths_per_source": {"threshold": 15, "window": 30},
+    "block": {"enabled": True, "ttl": 60, "status": 429, "allowlist": [DEMO_API_KEY_OWNER]},
+}
 # Set by the minting flags; --claim may not override them.
 REGISTERED_CLAIMS = frozenset({"iss", "aud", "sub", "iat", "nbf", "exp", "roles", "jti"})
 
@@ -44,11 +56,14 @@ def mint_demo_token(
     return sign_token(claims, keys.issuer_key.read_text(encoding="ascii"), keys.kid)
 
 
-def service_settings(state_dir: Path, policies: Path, grpc_port: int) -> dict[str, object]:
+def service_settings(
+    state_dir: Path, policies: Path, grpc_port: int, admin_port: int
+) -> dict[str, object]:
     """The `serve` settings the demo runs with, as written to ``state_dir/config.yaml``."""
     state = state_dir.resolve()
     return {
         "listen": f"127.0.0.1:{grpc_port}",
+        "admin": {"listen": f"127.0.0.1:{admin_port}"},
         "grace_period": 5,
         "providers": [
             {
@@ -68,4 +83,5 @@ def service_settings(state_dir: Path, policies: Path, grpc_port: int) -> dict[st
             "model": str(policies / "model.conf"),
             "policy": str(policies / "policy.csv"),
         },
+        "security": DEMO_SECURITY,
     }

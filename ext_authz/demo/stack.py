@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import http.client
+import os
 import shutil
 import signal
 import ssl
@@ -62,7 +63,9 @@ def prepare_state(state_dir: Path, ports: DemoPorts, policies: Path | None = Non
     """Generate keys (first start only) and write config.yaml and envoy.yaml into the state dir."""
     keys = ensure_demo_keys(state_dir)
     ensure_demo_credentials(state_dir)
-    settings = service_settings(state_dir, policies or bundled_path("policies"), ports.grpc)
+    settings = service_settings(
+        state_dir, policies or bundled_path("policies"), ports.grpc, ports.metrics
+    )
     (state_dir / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     envoy = render_demo_config(
         load_envoy_config(bundled_path("envoy") / "envoy.yaml"), ports, state_dir
@@ -140,8 +143,13 @@ class DemoStack:
 
     def start_service(self) -> None:
         config = self.state_dir / "config.yaml"
+        # The demo shows its traces: one JSON line per span in ext-authz.log, unless the user's
+        # environment chooses the exporters (e.g. otlp to a local collector).
+        env = {"OTEL_TRACES_EXPORTER": "console", **os.environ}
         self._service = self._spawn(
-            "ext-authz", [sys.executable, "-m", "ext_authz", "serve", "--config", str(config)]
+            "ext-authz",
+            [sys.executable, "-m", "ext_authz", "serve", "--config", str(config)],
+            env,
         )
 
     def _wait_service(self, deadline: float) -> None:
@@ -164,13 +172,16 @@ class DemoStack:
     def _log(self, name: str) -> Path:
         return self.state_dir / f"{name}.log"
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = self._log(name).open("ab")
         self._logs.append(log)
         return subprocess.Popen(  # noqa: S603
             argv,
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=env,
             preexec_fn=_die_with_parent(),  # noqa: PLW1509
         )
 

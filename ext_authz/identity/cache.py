@@ -29,6 +29,8 @@ class TokenCache:
         self._max = max_entries
         self._entries: OrderedDict[bytes, CachedToken] = OrderedDict()
         self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
 
     @staticmethod
     def _key(token: str) -> bytes:
@@ -37,6 +39,16 @@ class TokenCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def hits(self) -> int:
+        """Lookups that found a live entry (none are counted while the cache is off)."""
+        return self._hits
+
+    @property
+    def misses(self) -> int:
+        """Lookups that found no entry, or only an expired one."""
+        return self._misses
+
     def get(self, token: str, now: float) -> CachedToken | None:
         if self._max == 0:
             return None
@@ -44,11 +56,14 @@ class TokenCache:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
+                self._misses += 1
                 return None
             if now >= entry.expires_at:
                 del self._entries[key]
+                self._misses += 1
                 return None
             self._entries.move_to_end(key)
+            self._hits += 1
             return entry
 
     def put(self, token: str, entry: CachedToken) -> None:

@@ -75,14 +75,14 @@ def _opener(url: str) -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(*handlers)
 
 
-def _exchange(request: urllib.request.Request, timeout: float) -> tuple[bytes, Mapping[str, str]]:
-    """Send ``request``; a 200 answer's body and lower-cased headers. Any other 2xx is a
-    FetchError; a non-2xx status is urllib's HTTPError."""
+def _exchange(
+    request: urllib.request.Request, timeout: float
+) -> tuple[int, bytes, Mapping[str, str]]:
+    """Send ``request``; a 2xx answer's status, body and lower-cased headers. A non-2xx
+    status is urllib's HTTPError."""
     url = request.full_url
     deadline = time.monotonic() + timeout
     with _opener(url).open(request, timeout=timeout) as response:
-        if response.status != 200:
-            raise FetchError(f"{url}: HTTP {response.status}; expected 200")
         length = response.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > MAX_BODY_BYTES:
             raise FetchError(f"{url}: body of {length} bytes exceeds {MAX_BODY_BYTES}")
@@ -96,7 +96,7 @@ def _exchange(request: urllib.request.Request, timeout: float) -> tuple[bytes, M
             if time.monotonic() > deadline:
                 raise FetchError(f"{url}: response took longer than the timeout")
             chunks.append(chunk)
-        return b"".join(chunks), _lower_headers(response.headers)
+        return response.status, b"".join(chunks), _lower_headers(response.headers)
 
 
 def _lower_headers(message: Message) -> dict[str, str]:
@@ -113,7 +113,7 @@ def fetch_url(url: str, timeout: float) -> tuple[bytes, Mapping[str, str]]:
     _require_https_or_loopback(url)
     request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310 - scheme checked above
     try:
-        return _exchange(request, timeout)
+        status, body, response_headers = _exchange(request, timeout)
     except FetchError:
         raise
     except urllib.error.HTTPError as exc:
@@ -122,6 +122,9 @@ def fetch_url(url: str, timeout: float) -> tuple[bytes, Mapping[str, str]]:
         raise FetchError(f"{url}: HTTP {exc.code}; {why}") from None
     except (OSError, http.client.HTTPException) as exc:
         raise FetchError(f"{url}: {exc}") from exc
+    if status != 200:
+        raise FetchError(f"{url}: HTTP {status}; expected 200")
+    return body, response_headers
 
 
 def post_form(
@@ -129,15 +132,15 @@ def post_form(
 ) -> tuple[int, bytes]:
     """POST ``body`` to ``url``. Returns (status, body); a non-2xx status (3xx included) comes
     back with an empty body (an error page is of no use). Raises OSError when there is no
-    answer, or a 2xx answer other than 200."""
+    answer."""
     _require_https_or_loopback(url)
     request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")  # noqa: S310 - scheme checked above
     try:
-        data, _ = _exchange(request, timeout)
+        status, data, _ = _exchange(request, timeout)
     except urllib.error.HTTPError as exc:
         exc.close()  # it holds the connection
         return exc.code, b""
     except http.client.HTTPException as exc:
         # Only the type: the message of a malformed answer could echo anything back.
         raise OSError(f"{url}: {type(exc).__name__}") from None
-    return 200, data
+    return status, data

@@ -179,7 +179,8 @@ class KeyStore:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._last_wake = -math.inf
-        self._failures = 0
+        self._failures = 0  # consecutive: reset by a successful load
+        self._refresh_failures = 0  # all failed loads since start
         self._file_signature: tuple[int, int, int] | None = None
         self._next_due = clock()
         if self._file is not None:
@@ -241,6 +242,17 @@ class KeyStore:
             return self.refresh()
         return False
 
+    def age(self) -> float | None:
+        """Seconds since the last successful load (also beyond ``max_staleness``, when
+        ``current()`` refuses the keys); None before the first one."""
+        keyset = self._keyset
+        return None if keyset is None else self._clock() - keyset.fetched_at
+
+    @property
+    def refresh_failures(self) -> int:
+        """Failed loads since start (a counter: never reset by a later success)."""
+        return self._refresh_failures
+
     def next_refresh_at(self) -> float:
         """clock() time at which the thread next polls (or refetches, for URL sources)."""
         return self._next_due
@@ -299,6 +311,7 @@ class KeyStore:
 
     def _failed(self, error: Exception) -> None:
         self._failures += 1
+        self._refresh_failures += 1
         if self._file is None:
             self._next_due = self._clock() + _retry_delay(self._failures, self._timing)
         keyset = self._keyset

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from jose import jwk, jws, jwt
 from jose.exceptions import JOSEError
+from opentelemetry import trace
 
 from ext_authz.errors import (
     ConfigError,
@@ -38,6 +39,7 @@ from ext_authz.identity.claims import (
 from ext_authz.identity.jwks import PRIVATE_JWK_MEMBERS, KeySet
 from ext_authz.models import Identity
 from ext_authz.settings import ProviderSettings
+from ext_authz.telemetry import ATTR_CACHE_HIT
 
 __all__ = ["JwtVerifier", "KeySource", "sign_token"]
 
@@ -188,7 +190,9 @@ class JwtVerifier:
         if cached is not None:
             version, _ = self._providers[cached.identity.issuer].keys()
             if version == cached.key_version:  # else a key may have been removed: verify again
+                trace.get_current_span().set_attribute(ATTR_CACHE_HIT, True)
                 return cached.identity
+        trace.get_current_span().set_attribute(ATTR_CACHE_HIT, False)
         parts = token.split(".")
         if len(parts) != 3:
             raise InvalidTokenError("token is not a signed JWT (expected three parts)")

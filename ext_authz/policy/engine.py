@@ -104,6 +104,10 @@ class CasbinPolicyEngine:
                 f"{model}: the model must take r = sub, principals, method, path, query, ctx: {exc}"
             ) from exc
 
+    def decision_cache_stats(self) -> tuple[int, int]:
+        """(hits, misses) of the enforcer's decision cache."""
+        return self._enforcer.cache_stats()
+
     def decide(self, identity: Identity, request: AuthRequest) -> PolicyResult:
         principals = self._enforcer.expand_roles(principals_of(identity))
         # An anonymous caller has no subject a condition could compare.

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from ext_authz.models import AuthRequest, Identity, PolicyResult
 from ext_authz.policy.engine import PolicyEngine
 from ext_authz.watch import WatchedFile
 
 __all__ = ["ReloadingPolicyEngine"]
+
+
+@runtime_checkable
+class _CachingEngine(Protocol):
+    def decision_cache_stats(self) -> tuple[int, int]: ...
 
 
 class ReloadingPolicyEngine:
@@ -38,6 +44,17 @@ class ReloadingPolicyEngine:
     @property
     def failures(self) -> int:
         return self._watched.failures
+
+    @property
+    def version(self) -> int:
+        """1 for the policy loaded at start, +1 for each reload that went live."""
+        return self._watched.reloads + 1
+
+    def decision_cache_stats(self) -> tuple[int, int]:
+        """(hits, misses) of the live policy's decision cache, which each reload starts anew;
+        (0, 0) for an engine without one."""
+        engine = self._watched.current()
+        return engine.decision_cache_stats() if isinstance(engine, _CachingEngine) else (0, 0)
 
     def decide(self, identity: Identity, request: AuthRequest) -> PolicyResult:
         return self._watched.current().decide(identity, request)

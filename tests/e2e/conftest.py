@@ -10,10 +10,14 @@ from harness import Client, start_stack
 from ext_authz.demo.issuer import mint_demo_token
 from ext_authz.demo.stack import DemoStack
 
+# The demo's settings, but no automatic blocking: the suites send many bad credentials from
+# 127.0.0.1, which the demo would block (test_signals.py runs its own stack to test blocking).
+SESSION_SETTINGS = {"security": {"block": {"enabled": False}}}
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
-    running = start_stack(tmp_path_factory.mktemp("demo"))
+    running = start_stack(tmp_path_factory.mktemp("demo"), SESSION_SETTINGS)
     yield running
     running.stop()
 

@@ -15,7 +15,9 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import yaml
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -36,8 +38,17 @@ def free_ports(count: int) -> list[int]:
 
 
 def demo_ports() -> DemoPorts:
-    https, http_, grpc_, admin, upstream, mtls = free_ports(6)
-    return DemoPorts(https=https, http=http_, grpc=grpc_, admin=admin, upstream=upstream, mtls=mtls)
+    https, http_, grpc_, admin, upstream, mtls, otlp, metrics = free_ports(8)
+    return DemoPorts(
+        https=https,
+        http=http_,
+        grpc=grpc_,
+        admin=admin,
+        upstream=upstream,
+        mtls=mtls,
+        otlp=otlp,
+        metrics=metrics,
+    )
 
 
 @dataclass
@@ -59,6 +70,8 @@ class Client:
     """Raw HTTPS over http.client: paths and duplicate headers are sent exactly as given.
 
     ``client_cert`` (certificate, key) is presented in the TLS handshake, e.g. to the mtls port.
+    ``source`` is the local address to connect from: any 127.x.y.z reaches Envoy on Linux, so
+    a test can play many clients (Envoy reports each as the request's source address).
     """
 
     def __init__(
@@ -67,8 +80,10 @@ class Client:
         https_port: int,
         *,
         client_cert: tuple[Path, Path] | None = None,
+        source: str | None = None,
     ) -> None:
         self.port = https_port
+        self.source = (source, 0) if source else None
         self.tls = ssl.create_default_context(cafile=str(state_dir / "tls.crt"))
         if client_cert is not None:
             self.tls.load_cert_chain(str(client_cert[0]), str(client_cert[1]))
@@ -82,7 +97,7 @@ class Client:
         body: bytes | None = None,
     ) -> Reply:
         connection = http.client.HTTPSConnection(
-            "127.0.0.1", self.port, context=self.tls, timeout=10
+            "127.0.0.1", self.port, context=self.tls, timeout=10, source_address=self.source
         )
         try:
             connection.putrequest(method, path, skip_accept_encoding=True)
@@ -101,8 +116,34 @@ class Client:
         return self.send("GET", path, **kwargs)  # type: ignore[arg-type]
 
 
-def start_stack(state_dir: Path) -> DemoStack:
-    stack = DemoStack(state_dir, demo_ports())
+def _merged(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for name, value in overrides.items():
+        below = merged.get(name)
+        merged[name] = (
+            _merged(below, value)
+            if isinstance(below, dict) and isinstance(value, Mapping)
+            else value
+        )
+    return merged
+
+
+class ConfiguredStack(DemoStack):
+    """A DemoStack whose service runs with ``overrides`` merged into the demo's settings."""
+
+    def __init__(self, state_dir: Path, ports: DemoPorts, overrides: Mapping[str, Any]) -> None:
+        super().__init__(state_dir, ports)
+        self.overrides = overrides
+
+    def start_service(self) -> None:
+        config = self.state_dir / "config.yaml"  # written by start() just before
+        settings = _merged(yaml.safe_load(config.read_text()), self.overrides)
+        config.write_text(yaml.safe_dump(settings, sort_keys=False))
+        super().start_service()
+
+
+def start_stack(state_dir: Path, overrides: Mapping[str, Any] | None = None) -> DemoStack:
+    stack = ConfiguredStack(state_dir, demo_ports(), overrides or {})
     stack.start()
     return stack
 

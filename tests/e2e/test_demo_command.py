@@ -42,6 +42,8 @@ def test_demo_command_prints_ready_serves_tokens_and_stops_everything(tmp_path: 
         str(ports.upstream),
         "--mtls-port",
         str(ports.mtls),
+        "--metrics-port",
+        str(ports.metrics),
     ]
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as demo:
         try:
@@ -100,6 +102,8 @@ def test_demo_reports_a_port_in_use_and_exits_non_zero(tmp_path: Path) -> None:
                 str(ports.upstream),
                 "--mtls-port",
                 str(ports.mtls),
+                "--metrics-port",
+                str(ports.metrics),
             ],
             capture_output=True,
             text=True,

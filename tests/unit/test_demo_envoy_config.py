@@ -1,6 +1,6 @@
 """The shipped Envoy config and its demo rendering: fail closed, normalized paths, loopback only,
-and an mTLS listener whose verified client identity reaches ext-authz (checked with the real
-Envoy)."""
+an mTLS listener whose verified client identity reaches ext-authz, and tracing that carries the
+trace context into the Check call and exports Envoy's spans (checked with the real Envoy)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from google.rpc import code_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from ext_authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from ext_authz.assets import bundled_path
@@ -40,7 +41,9 @@ from ext_authz.models import AuthRequest
 from ext_authz.request import to_auth_request
 from ext_authz.settings import MtlsSettings
 
-PORTS = DemoPorts(https=18443, http=18080, grpc=19191, admin=19901, upstream=18000, mtls=18444)
+PORTS = DemoPorts(
+    https=18443, http=18080, grpc=19191, admin=19901, upstream=18000, mtls=18444, otlp=14317
+)
 SHIPPED_STATE_DIR = "/etc/ext-authz/state"
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 XFCC = "x-forwarded-client-cert"
@@ -250,11 +253,21 @@ def test_rendered_http_listener_redirects_to_the_demo_https_port(rendered: dict[
 
 
 def test_rendered_clusters_are_static_on_loopback(rendered: dict[str, Any]) -> None:
-    authz = by_name(rendered, "clusters", "ext_authz")
-    upstream = by_name(rendered, "clusters", "upstream")
-    assert (authz["type"], upstream["type"]) == ("STATIC", "STATIC")
-    assert endpoints(authz) == [("127.0.0.1", PORTS.grpc)]
-    assert endpoints(upstream) == [("127.0.0.1", PORTS.upstream)]
+    expected = {
+        "ext_authz": PORTS.grpc,
+        "upstream": PORTS.upstream,
+        "otel_collector": PORTS.otlp,
+    }
+    assert {c["name"] for c in rendered["static_resources"]["clusters"]} == set(expected)
+    for name, port in expected.items():
+        cluster = by_name(rendered, "clusters", name)
+        assert cluster["type"] == "STATIC", name
+        assert endpoints(cluster) == [("127.0.0.1", port)], name
+
+
+def test_demo_exports_envoys_spans_to_the_standard_otlp_port_by_default() -> None:
+    # A local collector or Jaeger on 4317 receives them; with none there Envoy drops them.
+    assert DemoPorts().otlp == 4317
 
 
 def test_rendered_config_keeps_grpc_on_http2_to_ext_authz(rendered: dict[str, Any]) -> None:
@@ -350,7 +363,7 @@ def test_render_refuses_a_config_without_an_expected_listener(
         render_demo_config(config, PORTS, tmp_path)
 
 
-@pytest.mark.parametrize("name", ["ext_authz", "upstream"])
+@pytest.mark.parametrize("name", ["ext_authz", "upstream", "otel_collector"])
 def test_render_refuses_a_config_without_an_expected_cluster(
     shipped: dict[str, Any], tmp_path: Path, name: str
 ) -> None:
@@ -384,18 +397,39 @@ def test_render_refuses_an_mtls_listener_without_a_client_ca(
 
 
 class CheckRecorder(external_auth_pb2_grpc.AuthorizationServicer):
-    """A Check service that records every request and denies it (403): no upstream needed."""
+    """A Check service that records every request (and its gRPC metadata) and denies it (403):
+    no upstream needed."""
 
     def __init__(self) -> None:
         self.requests: list[external_auth_pb2.CheckRequest] = []
+        self.metadata: list[dict[str, str | bytes]] = []
 
     def Check(  # noqa: N802 - the gRPC method name
         self, request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
         self.requests.append(request)
+        self.metadata.append(dict(context.invocation_metadata()))
         return external_auth_pb2.CheckResponse(
             status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED)
         )
+
+
+class SpanRecorder(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP/gRPC collector that keeps every span it receives."""
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+
+    def Export(  # noqa: N802 - the gRPC method name
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        self.spans.extend(
+            span
+            for resource in request.resource_spans
+            for scope in resource.scope_spans
+            for span in scope.spans
+        )
+        return trace_service_pb2.ExportTraceServiceResponse()
 
 
 @dataclass(frozen=True)
@@ -403,6 +437,7 @@ class RunningEnvoy:
     ports: DemoPorts
     keys: DemoKeys
     recorder: CheckRecorder
+    collector: SpanRecorder
 
 
 def free_ports(count: int) -> list[int]:
@@ -436,16 +471,22 @@ def demo_envoy(
     tmp_path: Path, adjust: Callable[[dict[str, Any]], None] | None = None
 ) -> Iterator[RunningEnvoy]:
     """The rendered demo config (changed by ``adjust``) in the real Envoy, a CheckRecorder
-    as ext-authz."""
+    as ext-authz and a SpanRecorder as the OTLP collector (one gRPC server, both services)."""
     keys = ensure_demo_keys(tmp_path / "state")
     recorder = CheckRecorder()
-    executor = ThreadPoolExecutor(max_workers=2)
+    collector = SpanRecorder()
+    executor = ThreadPoolExecutor(max_workers=4)
     server = grpc.server(executor)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(recorder, server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
     grpc_port = server.add_insecure_port("127.0.0.1:0")
     https, http_, admin, upstream, mtls = free_ports(5)
-    ports = DemoPorts(https, http_, grpc_port, admin, upstream, mtls)
+    ports = DemoPorts(https, http_, grpc_port, admin, upstream, mtls, otlp=grpc_port)
     config = render_demo_config(load_envoy_config(shipped_path()), ports, keys.tls_cert.parent)
+    # Export every span at once instead of in batches of 5 or every 5 s.
+    config["layered_runtime"] = {
+        "layers": [{"name": "flush", "static_layer": {"tracing.opentelemetry.min_flush_spans": 1}}]
+    }
     if adjust is not None:
         adjust(config)
     config_file = tmp_path / "envoy.yaml"
@@ -460,7 +501,7 @@ def demo_envoy(
             )
             try:
                 wait_until_ready(envoy, admin, log)
-                yield RunningEnvoy(ports, keys, recorder)
+                yield RunningEnvoy(ports, keys, recorder, collector)
             finally:
                 envoy.terminate()
                 try:
@@ -531,7 +572,43 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEnvoy]:
 @pytest.fixture
 def envoy(running: RunningEnvoy) -> RunningEnvoy:
     running.recorder.requests.clear()
+    running.recorder.metadata.clear()
+    running.collector.spans.clear()
     return running
+
+
+CLIENT_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+CLIENT_SPAN_ID = "b7ad6b7169203331"
+
+
+def test_envoy_sends_its_trace_context_to_ext_authz_in_the_grpc_metadata(
+    envoy: RunningEnvoy,
+) -> None:
+    traceparent = f"00-{CLIENT_TRACE_ID}-{CLIENT_SPAN_ID}-01"
+    assert https_get(envoy.ports.https, envoy.keys, headers={"traceparent": traceparent}) == 403
+    (metadata,) = envoy.recorder.metadata
+    version, trace_id, span_id, flags = str(metadata["traceparent"]).split("-")
+    # The client's trace continues; the parent is Envoy's own span for the Check call.
+    assert (version, trace_id, flags) == ("00", CLIENT_TRACE_ID, "01")
+    assert span_id != CLIENT_SPAN_ID
+    # Envoy exports its spans to the otel_collector cluster: its server span (child of the
+    # client's) and the span of the Check call, whose id ext-authz received as the parent.
+    deadline = time.monotonic() + 10
+    while len(envoy.collector.spans) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    spans = {span.span_id.hex(): span for span in envoy.collector.spans}
+    check_call = spans[span_id]
+    server = spans[check_call.parent_span_id.hex()]
+    assert {check_call.trace_id.hex(), server.trace_id.hex()} == {CLIENT_TRACE_ID}
+    assert server.parent_span_id.hex() == CLIENT_SPAN_ID
+    assert "Authorization.Check" in check_call.name
+
+
+def test_envoy_starts_a_trace_for_a_request_without_one(envoy: RunningEnvoy) -> None:
+    assert https_get(envoy.ports.https, envoy.keys) == 403
+    (metadata,) = envoy.recorder.metadata
+    _, trace_id, _, flags = str(metadata["traceparent"]).split("-")
+    assert int(trace_id, 16) != 0 and flags == "01"  # sampled: random_sampling is 100%
 
 
 def test_mtls_listener_sends_the_client_certificate_uri_san_as_source_principal(

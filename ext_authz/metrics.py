@@ -1,0 +1,222 @@
+"""Metrics: OpenTelemetry instruments read by a Prometheus exporter (the admin port's /metrics).
+
+The one module that imports the OpenTelemetry metrics SDK and prometheus_client. ``Metrics`` is a
+DecisionObserver (decisions by outcome and reason, decision latency) and observes, at scrape
+time, the objects it is given: JWKS key stores, token caches and policy engines.
+
+Label values are bounded by construction: outcomes, reason codes and event kinds (stable
+snake_case codes from the code, anything else is counted as ``other``), and provider and policy
+names from the settings. Never a subject, token, path or address.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from ext_authz.models import AuthRequest, Decision
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "KeyStoreStats",
+    "Metrics",
+    "PolicyStats",
+    "TokenCacheStats",
+    "label_code",
+]
+
+# Seconds: a cached decision takes tens of microseconds, a cold one with introspection up to 1 s.
+LATENCY_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def label_code(value: str) -> str:
+    """``value`` if it looks like a code (``access_denied``), else ``other``: a label value must
+    never carry request data, whatever a caller passes."""
+    return value if _CODE.fullmatch(value) else "other"
+
+
+class KeyStoreStats(Protocol):
+    """What the metrics read from a JWKS KeyStore."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def refresh_failures(self) -> int: ...
+    def age(self) -> float | None: ...
+
+
+class TokenCacheStats(Protocol):
+    """What the metrics read from a TokenCache."""
+
+    @property
+    def hits(self) -> int: ...
+    @property
+    def misses(self) -> int: ...
+
+
+class PolicyStats(Protocol):
+    """What the metrics read from a ReloadingPolicyEngine."""
+
+    @property
+    def version(self) -> int: ...
+    @property
+    def reloads(self) -> int: ...
+    @property
+    def failures(self) -> int: ...
+    def decision_cache_stats(self) -> tuple[int, int]: ...
+
+
+class Metrics:
+    """Every ext-authz metric, exported in the Prometheus text format by ``exposition()``.
+
+    ``policy_engines`` maps a policy name (``live``, ``shadow``) to its engine; the name is the
+    ``policy`` label.
+    """
+
+    def __init__(
+        self,
+        *,
+        key_stores: Sequence[KeyStoreStats] = (),
+        token_caches: Sequence[TokenCacheStats] = (),
+        policy_engines: Mapping[str, PolicyStats] | None = None,
+    ) -> None:
+        self._key_stores = tuple(key_stores)
+        self._token_caches = tuple(token_caches)
+        self._policies = dict(policy_engines or {})
+        self._registry = CollectorRegistry(auto_describe=True)
+        reader = PrometheusMetricReader(
+            disable_target_info=True, scope_info_enabled=False, registry=self._registry
+        )
+        self._scrape_lock = threading.Lock()  # the reader hands one collection to one scrape
+        provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+        meter = provider.get_meter("ext_authz")
+        self._decisions = meter.create_counter(
+            "ext_authz_decisions",
+            unit="{decision}",
+            description="Check decisions by outcome (decision) and reason code (reason).",
+        )
+        self._latency = meter.create_histogram(
+            "ext_authz_decision_duration",
+            unit="s",
+            description="Time to decide one Check, by outcome.",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )
+        self._security_events = meter.create_counter(
+            "ext_authz_security_events",
+            unit="{event}",
+            description="Security events raised by the detectors, by kind.",
+        )
+        meter.create_observable_counter(
+            "ext_authz_token_cache_lookups",
+            callbacks=[self._token_cache_lookups],
+            description="Token cache lookups by result (hit, miss).",
+        )
+        meter.create_observable_counter(
+            "ext_authz_policy_decision_cache_lookups",
+            callbacks=[self._decision_cache_lookups],
+            description="Policy decision cache lookups by policy and result (hit, miss); "
+            "each policy reload starts a new cache.",
+        )
+        meter.create_observable_gauge(
+            "ext_authz_jwks_age",
+            callbacks=[self._jwks_age],
+            unit="s",
+            description="Seconds since each provider's keys were last loaded "
+            "(a JWKS file is loaded again only when it changes).",
+        )
+        meter.create_observable_counter(
+            "ext_authz_jwks_refresh_failures",
+            callbacks=[self._jwks_failures],
+            description="Failed JWKS loads by provider.",
+        )
+        meter.create_observable_gauge(
+            "ext_authz_policy_version",
+            callbacks=[self._policy_versions],
+            description="Policy version in force: 1 at start, +1 per reload that went live.",
+        )
+        meter.create_observable_counter(
+            "ext_authz_policy_reloads",
+            callbacks=[self._policy_reloads],
+            description="Policy reloads by policy and result (success, failure).",
+        )
+
+    # -- recorded as they happen ---------------------------------------------------------------
+
+    def observe(self, decision: Decision, request: AuthRequest | None, latency_s: float) -> None:
+        outcome = decision.outcome.value
+        self._decisions.add(1, {"decision": outcome, "reason": label_code(decision.reason_code)})
+        self._latency.record(latency_s, {"decision": outcome})
+
+    def record_security_event(self, kind: str) -> None:
+        """Count one security event; ``kind`` is the detector's code (e.g. ``auth_failures``)."""
+        self._security_events.add(1, {"kind": label_code(kind)})
+
+    # -- the Prometheus endpoint ---------------------------------------------------------------
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The metrics in the format the scraper's ``Accept`` header asks for (Prometheus text
+        or OpenMetrics), and its content type."""
+        encoder, content_type = choose_encoder(accept)
+        with self._scrape_lock:
+            return encoder(self._registry), content_type
+
+    # -- observed at scrape time ---------------------------------------------------------------
+
+    def _token_cache_lookups(self, _: CallbackOptions) -> Iterable[Observation]:
+        hits = sum(cache.hits for cache in self._token_caches)
+        misses = sum(cache.misses for cache in self._token_caches)
+        return [Observation(hits, {"result": "hit"}), Observation(misses, {"result": "miss"})]
+
+    def _decision_cache_lookups(self, _: CallbackOptions) -> Iterable[Observation]:
+        observations = []
+        for name, engine in self._policies.items():
+            hits, misses = engine.decision_cache_stats()
+            observations.append(Observation(hits, {"policy": name, "result": "hit"}))
+            observations.append(Observation(misses, {"policy": name, "result": "miss"}))
+        return observations
+
+    def _jwks_age(self, _: CallbackOptions) -> Iterable[Observation]:
+        ages = ((store.name, store.age()) for store in self._key_stores)
+        return [Observation(age, {"provider": name}) for name, age in ages if age is not None]
+
+    def _jwks_failures(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(store.refresh_failures, {"provider": store.name})
+            for store in self._key_stores
+        ]
+
+    def _policy_versions(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(engine.version, {"policy": name}) for name, engine in self._policies.items()
+        ]
+
+    def _policy_reloads(self, _: CallbackOptions) -> Iterable[Observation]:
+        observations = []
+        for name, engine in self._policies.items():
+            observations.append(Observation(engine.reloads, {"policy": name, "result": "success"}))
+            observations.append(Observation(engine.failures, {"policy": name, "result": "failure"}))
+        return observations

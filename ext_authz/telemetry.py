@@ -1,0 +1,248 @@
+"""Tracing: span and attribute names, trace context propagation, and the SDK set-up.
+
+One SERVER span ``ext_authz.check`` per Check, with a child span per pipeline phase that runs
+(credentials; identity when a credential was sent; guards when any are configured;
+authorization); phase spans are only made when the Check span is recording (sampled). It
+continues the caller's trace: W3C ``traceparent`` or B3 (single ``b3`` or multi ``x-b3-*``
+headers), read from the gRPC call's metadata first (where Envoy puts the context of its ext_authz
+call when tracing is on), else from the checked request's headers.
+
+Set-up follows the standard OTEL_* environment (``configure_tracing``):
+
+- ``OTEL_TRACES_EXPORTER``: comma-separated ``otlp``, ``console`` (one JSON line per span on
+  stdout) or ``none``. Unset, it is ``otlp`` when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
+  ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set and ``none`` otherwise, so a service with no
+  collector does not keep dialling localhost:4317.
+- ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` / ``OTEL_EXPORTER_OTLP_PROTOCOL``: ``grpc`` (the
+  default) or ``http/protobuf``. The exporters read their endpoint, headers, TLS, timeout and
+  compression variables themselves.
+- Read by the SDK itself: ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG`` (default
+  ``parentbased_always_on``: Envoy's sampling decision is followed), ``OTEL_BSP_*`` (batching),
+  ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SDK_DISABLED``.
+
+With no exporter no SDK is installed and nothing is recorded (about 10 µs per Check); the
+decision log still carries the caller's trace id, because the API alone continues the incoming
+span context.
+
+No span or attribute ever holds a credential, a cookie, a query value or the Authorization header.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Final
+
+from opentelemetry import trace
+from opentelemetry.context import Context, attach, create_key, detach, get_value, set_value
+from opentelemetry.propagators.b3 import B3MultiFormat
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.sdk.environment_variables import (
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_EXPORTER_OTLP_PROTOCOL,
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+)
+from opentelemetry.sdk.resources import (
+    SERVICE_NAME,
+    SERVICE_VERSION,
+    OTELResourceDetector,
+    Resource,
+)
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace import Span, SpanKind, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
+
+from ext_authz import __version__
+from ext_authz.errors import ConfigError
+
+__all__ = [
+    "ATTR_AUTH_METHOD",
+    "ATTR_CACHE_HIT",
+    "ATTR_CREDENTIAL_SOURCE",
+    "ATTR_DECISION",
+    "ATTR_DECISION_ID",
+    "ATTR_PROVIDER",
+    "ATTR_REASON",
+    "ATTR_REQUEST_ID",
+    "ATTR_ROUTE",
+    "ATTR_RULE",
+    "SPAN_AUTHORIZATION",
+    "SPAN_CHECK",
+    "SPAN_CREDENTIALS",
+    "SPAN_GUARDS",
+    "SPAN_IDENTITY",
+    "TRACER_NAME",
+    "check_span",
+    "configure_tracing",
+    "extract_parent",
+    "phase_tracer",
+    "shutdown_tracing",
+    "span_exporters_from_env",
+    "tracer_provider_from_env",
+]
+
+TRACER_NAME: Final = "ext_authz"
+
+SPAN_CHECK: Final = "ext_authz.check"
+SPAN_CREDENTIALS: Final = "ext_authz.credentials"
+SPAN_IDENTITY: Final = "ext_authz.identity"
+SPAN_GUARDS: Final = "ext_authz.guards"
+SPAN_AUTHORIZATION: Final = "ext_authz.authorization"
+
+ATTR_DECISION: Final = "ext_authz.decision"  # Outcome value: allow, forbidden, ...
+ATTR_REASON: Final = "ext_authz.reason_code"  # on a phase span: the error code it refused with
+ATTR_REQUEST_ID: Final = "ext_authz.request_id"
+ATTR_DECISION_ID: Final = "ext_authz.decision_id"
+ATTR_ROUTE: Final = "ext_authz.route"  # method and normalized path, never the query
+ATTR_RULE: Final = "ext_authz.policy.rule"  # the policy line that decided
+ATTR_CREDENTIAL_SOURCE: Final = "ext_authz.credential.source"  # where, e.g. "cookie 'session'"
+ATTR_PROVIDER: Final = "ext_authz.identity.provider"  # issuer (or api-key:<id>, mtls)
+ATTR_AUTH_METHOD: Final = "ext_authz.identity.method"  # jwt, introspection, api_key, mtls
+# Whether the identity came from the verified-token cache. Set by the token verifier: it needs
+# an accessor in identity/jwt.py (not yet wired), so today no span carries it.
+ATTR_CACHE_HIT: Final = "ext_authz.token_cache.hit"
+
+# Extraction runs every propagator in order, a later one overriding an earlier one: with both
+# present, W3C tracecontext wins over B3. B3MultiFormat reads the single `b3` header too.
+_PROPAGATOR: Final = CompositePropagator([B3MultiFormat(), TraceContextTextMapPropagator()])
+
+# The tracer of the Check being handled, for the pipeline's phase spans (see check_span).
+_TRACER_KEY: Final = create_key("ext_authz.tracer")
+# The global provider's tracer: a no-op until configure_tracing installs the SDK.
+_GLOBAL_TRACER: Final = trace.get_tracer(TRACER_NAME)
+
+_EXPORTERS_VARIABLE: Final = "OTEL_TRACES_EXPORTER"
+_EXPORTER_NAMES: Final = ("otlp", "console", "none")
+
+
+def extract_parent(
+    metadata: Iterable[tuple[str, str | bytes]], headers: Mapping[str, str]
+) -> Context:
+    """The caller's trace context: from the gRPC ``metadata`` when it carries one, else from the
+    checked request's ``headers``; an empty Context (a new trace) when neither does."""
+    carrier = {key: value for key, value in metadata if isinstance(value, str)}
+    context = _PROPAGATOR.extract(carrier)
+    if trace.get_current_span(context).get_span_context().is_valid:
+        return context
+    return _PROPAGATOR.extract(headers)
+
+
+@contextmanager
+def check_span(tracer: Tracer, parent: Context, attributes: Attributes = None) -> Iterator[Span]:
+    """The SERVER span of one Check, a child of ``parent`` and current while the block runs.
+
+    ``tracer`` (the servicer's: injected, or the global one) also becomes phase_tracer() inside
+    the block, so every span of the Check comes from the same provider. Exceptions are left to
+    the caller to record: the servicer turns them into an answer.
+    """
+    token = attach(set_value(_TRACER_KEY, tracer, parent))
+    try:
+        with tracer.start_as_current_span(
+            SPAN_CHECK,
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            yield span
+    finally:
+        detach(token)
+
+
+def phase_tracer() -> Tracer:
+    """The tracer for a pipeline phase span: the current Check's (check_span), else the global
+    one (offline tools such as `policy test` and `explain` run the pipeline outside a Check)."""
+    tracer = get_value(_TRACER_KEY)
+    return tracer if isinstance(tracer, Tracer) else _GLOBAL_TRACER
+
+
+def _one_json_line(span: ReadableSpan) -> str:
+    return f"{span.to_json(indent=None)}\n"
+
+
+def _otlp_exporter() -> SpanExporter:
+    variable = OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
+    protocol = os.environ.get(variable, "").strip()
+    if not protocol:
+        variable = OTEL_EXPORTER_OTLP_PROTOCOL
+        protocol = os.environ.get(variable, "").strip() or "grpc"
+    # Imported here: each exporter costs tens of milliseconds to import, and only one is used.
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpOTLPSpanExporter,
+        )
+
+        return HttpOTLPSpanExporter()
+    raise ConfigError(f"{variable}: unsupported protocol {protocol!r}; use grpc or http/protobuf")
+
+
+def span_exporters_from_env() -> list[SpanExporter]:
+    """The exporters OTEL_TRACES_EXPORTER names (see the module docstring); raises ConfigError
+    for an unknown name, an unknown OTLP protocol, or ``none`` listed beside another exporter."""
+    value = os.environ.get(_EXPORTERS_VARIABLE, "").strip()
+    if not value:
+        endpoints = (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT)
+        value = "otlp" if any(os.environ.get(name) for name in endpoints) else "none"
+    names = [name.strip().lower() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in _EXPORTER_NAMES]
+    if unknown:
+        raise ConfigError(
+            f"{_EXPORTERS_VARIABLE}: unknown exporter {unknown[0]!r}; "
+            f"use {', '.join(_EXPORTER_NAMES)} (comma-separated)"
+        )
+    if "none" in names:
+        if len(set(names)) > 1:
+            raise ConfigError(f"{_EXPORTERS_VARIABLE}: 'none' cannot be combined with {value!r}")
+        return []
+    exporters: list[SpanExporter] = []
+    for name in dict.fromkeys(names):  # each exporter once, in the order given
+        if name == "otlp":
+            exporters.append(_otlp_exporter())
+        else:
+            exporters.append(ConsoleSpanExporter(formatter=_one_json_line))
+    return exporters
+
+
+def _resource(service_name: str) -> Resource:
+    """``service_name`` and the version, unless OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES say
+    otherwise (Resource.create alone would let our defaults override the environment)."""
+    from_env = OTELResourceDetector().detect().attributes
+    defaults = {SERVICE_NAME: service_name, SERVICE_VERSION: __version__}
+    return Resource.create({key: value for key, value in defaults.items() if key not in from_env})
+
+
+def tracer_provider_from_env(service_name: str = "ext-authz") -> TracerProvider | None:
+    """An SDK TracerProvider exporting in batches to the configured exporters, or None when
+    there are none. It is not installed and is not shut down at exit: the caller does both."""
+    exporters = span_exporters_from_env()
+    if not exporters:
+        return None
+    provider = TracerProvider(resource=_resource(service_name), shutdown_on_exit=False)
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def configure_tracing(service_name: str = "ext-authz") -> None:
+    """Install the tracer provider the OTEL_* environment describes (none: tracing stays off).
+
+    Call once at start-up, before the server is built; raises ConfigError for bad settings.
+    """
+    provider = tracer_provider_from_env(service_name)
+    if provider is not None:
+        trace.set_tracer_provider(provider)
+
+
+def shutdown_tracing() -> None:
+    """Export the spans still queued and stop the exporters (at exit; a no-op without SDK)."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.shutdown()
