@@ -127,20 +127,14 @@ class AuthPipeline:
         decision_id = new_decision_id()
         identity = ANONYMOUS
         try:
-            with _phase(SPAN_CREDENTIALS) as span:
-                credential = self._credentials.extract(request)
-                if credential is not None:
-                    span.set_attribute(ATTR_CREDENTIAL_SOURCE, credential.source)
-            if credential is not None:
-                with _phase(SPAN_IDENTITY) as span:
-                    identity = self._authenticate(credential)
-                    span.set_attributes(
-                        {ATTR_PROVIDER: identity.issuer, ATTR_AUTH_METHOD: identity.method}
-                    )
-            if self._guards:
-                with _phase(SPAN_GUARDS):
-                    for guard in self._guards:
-                        guard.check(identity, request)
+            try:
+                identity = self._identify(request)
+            except AuthenticationError:
+                # A blocked address stays blocked however bad its credentials: a credential
+                # stuffer keeps getting 429s, not a fresh 401 per guess.
+                self._guard(ANONYMOUS, request)
+                raise
+            self._guard(identity, request)
             with _phase(SPAN_AUTHORIZATION) as span:
                 result = self._engine.decide(identity, request)
                 if result.matched_rule is not None:
@@ -158,6 +152,23 @@ class AuthPipeline:
         return Decision(
             outcome, reason, decision_id, identity, result.matched_rule, message, request.request_id
         )
+
+    def _identify(self, request: AuthRequest) -> Identity:
+        with _phase(SPAN_CREDENTIALS) as span:
+            credential = self._credentials.extract(request)
+            if credential is None:
+                return ANONYMOUS
+            span.set_attribute(ATTR_CREDENTIAL_SOURCE, credential.source)
+        with _phase(SPAN_IDENTITY) as span:
+            identity = self._authenticate(credential)
+            span.set_attributes({ATTR_PROVIDER: identity.issuer, ATTR_AUTH_METHOD: identity.method})
+        return identity
+
+    def _guard(self, identity: Identity, request: AuthRequest) -> None:
+        if self._guards:
+            with _phase(SPAN_GUARDS):
+                for guard in self._guards:
+                    guard.check(identity, request)
 
     def _authenticate(self, credential: Credential) -> Identity:
         authenticator = self._authenticators.get(credential.kind)

@@ -145,7 +145,8 @@ class DemoStack:
         config = self.state_dir / "config.yaml"
         # The demo shows its traces: one JSON line per span in ext-authz.log, unless the user's
         # environment chooses the exporters (e.g. otlp to a local collector).
-        env = {"OTEL_TRACES_EXPORTER": "console", **os.environ}
+        # Unbuffered, so the log file shows spans and events as they happen.
+        env = {"OTEL_TRACES_EXPORTER": "console", **os.environ, "PYTHONUNBUFFERED": "1"}
         self._service = self._spawn(
             "ext-authz",
             [sys.executable, "-m", "ext_authz", "serve", "--config", str(config)],

@@ -9,6 +9,7 @@ import pytest
 from ext_authz.credentials import CredentialExtractor, CredentialKind
 from ext_authz.errors import (
     AccessDeniedError,
+    BlockedError,
     ExpiredTokenError,
     InvalidRequestError,
     InvalidTokenError,
@@ -193,3 +194,39 @@ def test_each_error_class_maps_to_exactly_one_outcome(error, outcome) -> None:
     assert decision.reason_code == error.code
     assert decision.message == "x"
     assert decision.request_id == "rid-1"
+
+
+class AddressBlock:
+    """Blocks one source address, whoever the caller is."""
+
+    def check(self, identity: Identity, request: AuthRequest) -> None:
+        if request.source_address == "203.0.113.7":
+            raise BlockedError("blocked", retry_after=42)
+
+
+def test_a_blocked_address_gets_429_even_when_its_credentials_are_bad() -> None:
+    extractor = CredentialExtractor(CredentialSettings(), None)
+    pipeline = AuthPipeline(
+        extractor, {CredentialKind.BEARER: FakeVerifier()}, FakeEngine(), guards=[AddressBlock()]
+    )
+    blocked = AuthRequest(
+        "GET",
+        "/api/books",
+        headers=MappingProxyType({"authorization": "Bearer bad.token.sig"}),
+        source_address="203.0.113.7",
+    )
+    other = AuthRequest(
+        "GET",
+        "/api/books",
+        headers=MappingProxyType({"authorization": "Bearer bad.token.sig"}),
+        source_address="198.51.100.1",
+    )
+
+    decision = pipeline.evaluate(blocked)
+
+    assert (decision.outcome, decision.reason_code, decision.retry_after) == (
+        Outcome.LIMITED,
+        "blocked",
+        42,
+    )
+    assert pipeline.evaluate(other).outcome is Outcome.UNAUTHENTICATED
