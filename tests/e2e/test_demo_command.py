@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from harness import Client, demo_ports
 
+from ext_authz.demo.envoy_config import DemoPorts
+
 pytestmark = pytest.mark.e2e
 
 CLI = [sys.executable, "-m", "ext_authz"]
@@ -22,29 +24,24 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def demo_argv(state: Path, ports: DemoPorts) -> list[str]:
+    """`ext-authz demo` on the given state dir and ports (every port flag the demo has)."""
+    flags = {
+        "--https-port": ports.https,
+        "--http-port": ports.http,
+        "--grpc-port": ports.grpc,
+        "--admin-port": ports.admin,
+        "--upstream-port": ports.upstream,
+        "--mtls-port": ports.mtls,
+        "--metrics-port": ports.metrics,
+    }
+    return [*CLI, "demo", "--state-dir", str(state), *(f"{k}={v}" for k, v in flags.items())]
+
+
 def test_demo_command_prints_ready_serves_tokens_and_stops_everything(tmp_path: Path) -> None:
     ports = demo_ports()
     state = tmp_path / "state"
-    argv = [
-        *CLI,
-        "demo",
-        "--state-dir",
-        str(state),
-        "--https-port",
-        str(ports.https),
-        "--http-port",
-        str(ports.http),
-        "--grpc-port",
-        str(ports.grpc),
-        "--admin-port",
-        str(ports.admin),
-        "--upstream-port",
-        str(ports.upstream),
-        "--mtls-port",
-        str(ports.mtls),
-        "--metrics-port",
-        str(ports.metrics),
-    ]
+    argv = demo_argv(state, ports)
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as demo:
         try:
             assert demo.stdout is not None
@@ -85,26 +82,7 @@ def test_demo_reports_a_port_in_use_and_exits_non_zero(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", ports.grpc))
         taken.listen()
         result = subprocess.run(
-            [
-                *CLI,
-                "demo",
-                "--state-dir",
-                str(tmp_path),
-                "--https-port",
-                str(ports.https),
-                "--http-port",
-                str(ports.http),
-                "--grpc-port",
-                str(ports.grpc),
-                "--admin-port",
-                str(ports.admin),
-                "--upstream-port",
-                str(ports.upstream),
-                "--mtls-port",
-                str(ports.mtls),
-                "--metrics-port",
-                str(ports.metrics),
-            ],
+            demo_argv(tmp_path, ports),
             capture_output=True,
             text=True,
             timeout=90,
