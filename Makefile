@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo proto lint chromium test e2e bench
+.PHONY: help setup demo proto lint chromium review test e2e bench
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -35,7 +35,14 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "install Chromium (e.g. sudo apt-get install chromium) for the live-view test" >&2; exit 1; fi; }
 
-test: lint chromium  ## lint, the shipped policies' test cases, then the whole test suite (e2e included)
+REVIEW := $(BIN)/ext-authz review --suppressions deploy/review-suppressions.yaml --fail-on medium
+
+review: setup  ## security review of the shipped Envoy config, service config and policies
+	$(REVIEW) --envoy envoy/envoy.yaml --config deploy/compose/ext-authz.yaml --policies policies
+	$(REVIEW) --model policies/model.conf --policy policies/examples/saas/policy.csv
+	$(REVIEW) --model policies/model.conf --policy policies/examples/internal-admin/policy.csv
+
+test: lint chromium review  ## lint, review, the shipped policy cases, then every test (e2e included)
 	$(BIN)/ext-authz policy test policies/
 	$(BIN)/python -m pytest
 

@@ -9,6 +9,7 @@ from ext_authz.cli.apikey import apikey
 from ext_authz.cli.demo import demo
 from ext_authz.cli.explain import explain
 from ext_authz.cli.policy import policy
+from ext_authz.cli.review import review
 from ext_authz.cli.serve import serve
 from ext_authz.cli.token import token
 
@@ -27,3 +28,4 @@ main.add_command(token)
 main.add_command(apikey)
 main.add_command(policy)
 main.add_command(explain)
+main.add_command(review)
