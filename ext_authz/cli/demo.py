@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -115,10 +117,22 @@ def demo(
             click.echo("stopped")
 
 
+def _command() -> str:
+    """How to run ext-authz from this shell: by name when it is on PATH, else the venv's path."""
+    beside = Path(sys.executable).parent / "ext-authz"
+    if shutil.which("ext-authz") or not beside.exists():
+        return "ext-authz"
+    try:
+        return str(beside.relative_to(Path.cwd()))
+    except ValueError:
+        return str(beside)
+
+
 def _hints(state_dir: Path, url: str, ports: DemoPorts) -> str:
     ca = f"--cacert {state_dir}/tls.crt"
+    token = f"{_command()} token --state-dir {state_dir} --sub alice --role viewer"
     return (
-        f"  JWT:     TOKEN=$(ext-authz token --state-dir {state_dir} --sub alice --role viewer)\n"
+        f"  JWT:     TOKEN=$({token})\n"
         f'           curl {ca} -H "Authorization: Bearer $TOKEN" {url}/api/books\n'
         f'  API key: curl {ca} -H "x-api-key: $(cat {state_dir}/demo-api-key)"'
         f" -X POST {url}/api/books\n"
