@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime as dt
 import json
 import os
 import secrets
@@ -21,10 +20,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives.asymmetric import rsa
+from forged_certs import forge_client_certificate
 from harness import Client, Reply, demo_claims, issuer_kid, load_issuer_key, make_jws
 
 from ext_authz.demo.issuer import mint_demo_token
@@ -189,33 +186,8 @@ def test_mtls_listener_without_a_client_certificate_refuses_the_handshake(stack)
 
 
 def _untrusted_client_cert(tmp_path: Path, uri: str) -> tuple[Path, Path]:
-    """A client certificate with ``uri`` from a CA that Envoy does not trust."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ext-authz demo client CA")])
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "admin")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "attacker.crt", tmp_path / "attacker.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
+    """A client certificate with ``uri`` from a CA that Envoy does not trust (same name)."""
+    return forge_client_certificate(tmp_path, "attacker", uri, "ext-authz demo client CA")
 
 
 def test_client_certificate_from_an_untrusted_ca_is_refused(stack, tmp_path) -> None:
