@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import packages_distributions
 from pathlib import Path, PurePosixPath
@@ -27,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ext_authz.demo.envoy_config import walk_mappings
 from ext_authz.demo.keys import CLIENT_CA_CERT, JWKS, TLS_CERT, TLS_KEY, ensure_demo_keys
 from ext_authz.settings import Settings, load_settings
 
@@ -129,21 +129,10 @@ def _port_of(listen: str) -> int:
     return int(listen.rsplit(":", 1)[1])
 
 
-def _walk(node: Any) -> Iterator[dict[str, Any]]:
-    """Every mapping in a parsed YAML document, depth first."""
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _walk(value)
-
-
 def _connection_managers(envoy: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         node["typed_config"]
-        for node in _walk(envoy["static_resources"]["listeners"])
+        for node in walk_mappings(envoy["static_resources"]["listeners"])
         if node.get("name") == HCM_FILTER
     ]
 
@@ -374,7 +363,7 @@ def test_envoy_reads_the_tls_files_init_writes_into_the_state_volume(
     assert str(mount.target) + "/" == ENVOY_STATE_PREFIX
     files = {
         PurePosixPath(node["filename"])
-        for node in _walk(envoy_config)
+        for node in walk_mappings(envoy_config)
         if isinstance(node.get("filename"), str)
     }
     assert files == {mount.target / TLS_CERT, mount.target / TLS_KEY, mount.target / CLIENT_CA_CERT}
@@ -466,7 +455,9 @@ def test_compose_publishes_envoys_listener_ports_on_loopback_only(
         assert port.host_ip == "127.0.0.1", f"{port.target} is published beyond loopback"
         # Same number outside: the http listener's redirect names the https port.
         assert port.published == port.target
-    redirects = [node["port_redirect"] for node in _walk(envoy_config) if "port_redirect" in node]
+    redirects = [
+        node["port_redirect"] for node in walk_mappings(envoy_config) if "port_redirect" in node
+    ]
     assert redirects and set(redirects) <= {port.published for port in published}
 
 
@@ -507,7 +498,7 @@ def test_envoy_clusters_dial_compose_services_on_the_ports_they_listen_on(
     endpoints = [
         node["socket_address"]
         for cluster in envoy_config["static_resources"]["clusters"]
-        for node in _walk(cluster)
+        for node in walk_mappings(cluster)
         if "socket_address" in node
     ]
     dialled = {(ep["address"], ep["port_value"]) for ep in endpoints}
@@ -663,7 +654,7 @@ def test_compose_runs_the_envoy_release_the_config_is_validated_with(
 
 
 def test_ext_authz_filter_fails_closed(envoy_config: dict[str, Any]) -> None:
-    filters = [node for node in _walk(envoy_config) if node.get("name") == EXT_AUTHZ_FILTER]
+    filters = [node for node in walk_mappings(envoy_config) if node.get("name") == EXT_AUTHZ_FILTER]
     assert filters
     for node in filters:
         assert node["typed_config"]["failure_mode_allow"] is False
@@ -672,16 +663,16 @@ def test_ext_authz_filter_fails_closed(envoy_config: dict[str, Any]) -> None:
 def test_every_route_to_an_upstream_passes_ext_authz_first(envoy_config: dict[str, Any]) -> None:
     authz_clusters = {
         grpc["envoy_grpc"]["cluster_name"]
-        for node in _walk(envoy_config)
+        for node in walk_mappings(envoy_config)
         if node.get("name") == EXT_AUTHZ_FILTER
-        for grpc in _walk(node)
+        for grpc in walk_mappings(node)
         if "envoy_grpc" in grpc
     }
     assert authz_clusters == {"ext_authz"}
     for manager in _connection_managers(envoy_config):
         routed = {
             node["route"]["cluster"]
-            for node in _walk(manager["route_config"])
+            for node in walk_mappings(manager["route_config"])
             if isinstance(node.get("route"), dict)
         }
         if routed:
@@ -697,7 +688,7 @@ def test_envoy_traces_every_proxied_request_to_the_collector(envoy_config: dict[
     clusters = {c["name"] for c in envoy_config["static_resources"]["clusters"]}
     for manager in _connection_managers(envoy_config):
         routes_upstream = any(
-            isinstance(node.get("route"), dict) for node in _walk(manager["route_config"])
+            isinstance(node.get("route"), dict) for node in walk_mappings(manager["route_config"])
         )
         if not routes_upstream:
             continue  # the http listener only redirects

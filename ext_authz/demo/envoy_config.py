@@ -21,7 +21,7 @@ import yaml
 from ext_authz.demo.keys import CLIENT_CA_CERT, TLS_CERT, TLS_KEY
 from ext_authz.errors import ConfigError
 
-__all__ = ["DemoPorts", "load_envoy_config", "render_demo_config"]
+__all__ = ["DemoPorts", "load_envoy_config", "render_demo_config", "walk_mappings"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -171,21 +171,21 @@ def _bind_loopback(listener: dict[str, Any], port: int) -> None:
     listener.pop("additional_addresses", None)
 
 
-def _walk(node: Any) -> Iterator[dict[str, Any]]:
+def walk_mappings(node: Any) -> Iterator[dict[str, Any]]:
     """Yield every mapping nested anywhere in ``node``, ``node`` included."""
     if isinstance(node, dict):
         yield node
         for value in node.values():
-            yield from _walk(value)
+            yield from walk_mappings(value)
     elif isinstance(node, list):
         for value in node:
-            yield from _walk(value)
+            yield from walk_mappings(value)
 
 
 def _set_redirect_port(listener: dict[str, Any], port: int) -> None:
     redirects = [
         node["redirect"]
-        for node in _walk(listener)
+        for node in walk_mappings(listener)
         if isinstance(node.get("redirect"), dict) and "port_redirect" in node["redirect"]
     ]
     if not redirects:
@@ -199,7 +199,7 @@ def _set_redirect_port(listener: dict[str, Any], port: int) -> None:
 def _set_tls_files(listener: dict[str, Any], state_dir: Path) -> None:
     certificates = [
         cert
-        for node in _walk(listener)
+        for node in walk_mappings(listener)
         if isinstance(node.get("tls_certificates"), list)
         for cert in node["tls_certificates"]
         if isinstance(cert, dict)
@@ -214,7 +214,7 @@ def _set_tls_files(listener: dict[str, Any], state_dir: Path) -> None:
 def _set_client_ca(listener: dict[str, Any], state_dir: Path) -> None:
     contexts = [
         node["validation_context"]
-        for node in _walk(listener)
+        for node in walk_mappings(listener)
         if isinstance(node.get("validation_context"), dict)
         and "trusted_ca" in node["validation_context"]
     ]

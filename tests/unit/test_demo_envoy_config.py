@@ -29,7 +29,12 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from ext_authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from ext_authz.assets import bundled_path
-from ext_authz.demo.envoy_config import DemoPorts, load_envoy_config, render_demo_config
+from ext_authz.demo.envoy_config import (
+    DemoPorts,
+    load_envoy_config,
+    render_demo_config,
+    walk_mappings,
+)
 from ext_authz.demo.keys import DEMO_CLIENT_URI, DemoKeys, ensure_demo_keys
 from ext_authz.errors import ConfigError
 from ext_authz.identity.mtls import MtlsAuthenticator, forwarded_principal
@@ -78,16 +83,6 @@ def envoy_validate(config_file: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def walk(node: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from walk(value)
-
-
 def by_name(config: dict[str, Any], section: str, name: str) -> dict[str, Any]:
     items = config["static_resources"][section]
     (item,) = [item for item in items if item["name"] == name]
@@ -97,7 +92,7 @@ def by_name(config: dict[str, Any], section: str, name: str) -> dict[str, Any]:
 def hcm(config: dict[str, Any], listener: str) -> dict[str, Any]:
     (manager,) = [
         node["typed_config"]
-        for node in walk(by_name(config, "listeners", listener))
+        for node in walk_mappings(by_name(config, "listeners", listener))
         if node.get("name") == "envoy.filters.network.http_connection_manager"
     ]
     return manager  # type: ignore[no-any-return]
@@ -125,7 +120,7 @@ def endpoints(cluster: dict[str, Any]) -> list[tuple[str, int]]:
 def tls_files(config: dict[str, Any], listener: str) -> list[str]:
     return [
         cert[key]["filename"]
-        for node in walk(by_name(config, "listeners", listener))
+        for node in walk_mappings(by_name(config, "listeners", listener))
         for cert in node.get("tls_certificates", [])
         for key in ("certificate_chain", "private_key")
     ]
@@ -168,13 +163,13 @@ def test_shipped_config_runs_ext_authz_before_the_router(shipped: dict[str, Any]
 
 def test_shipped_config_routes_through_https_only(shipped: dict[str, Any]) -> None:
     # The plain listener may only redirect: a route to a cluster there would bypass ext_authz.
-    http_routes = [n for n in walk(by_name(shipped, "listeners", "http")) if "match" in n]
+    http_routes = [n for n in walk_mappings(by_name(shipped, "listeners", "http")) if "match" in n]
     assert http_routes
     assert all("route" not in r and r["redirect"]["https_redirect"] is True for r in http_routes)
 
 
 def test_shipped_config_accepts_only_strong_tls(shipped: dict[str, Any]) -> None:
-    every_params = [n["tls_params"] for n in walk(shipped) if "tls_params" in n]
+    every_params = [n["tls_params"] for n in walk_mappings(shipped) if "tls_params" in n]
     assert len(every_params) == 2  # https and mtls
     for params in every_params:
         assert params["tls_minimum_protocol_version"] == "TLSv1_2"
@@ -243,7 +238,9 @@ def test_rendered_config_uses_the_requested_ports(rendered: dict[str, Any]) -> N
 
 def test_rendered_http_listener_redirects_to_the_demo_https_port(rendered: dict[str, Any]) -> None:
     redirects = [
-        n["redirect"] for n in walk(by_name(rendered, "listeners", "http")) if "redirect" in n
+        n["redirect"]
+        for n in walk_mappings(by_name(rendered, "listeners", "http"))
+        if "redirect" in n
     ]
     assert redirects == [{"https_redirect": True, "port_redirect": PORTS.https}]
 
@@ -292,8 +289,8 @@ def test_rendered_listeners_share_no_objects_and_the_yaml_has_no_anchors(
 ) -> None:
     # The shipped file shares sections through YAML aliases; the rendering copies them apart.
     https, mtls = (by_name(rendered, "listeners", name) for name in ("https", "mtls"))
-    https_ids = {id(node) for node in walk(https)}
-    assert not any(id(node) in https_ids for node in walk(mtls))
+    https_ids = {id(node) for node in walk_mappings(https)}
+    assert not any(id(node) in https_ids for node in walk_mappings(mtls))
     assert "&id" not in yaml.safe_dump(rendered)
 
 
@@ -322,7 +319,7 @@ def _without_rendered_fields(config: dict[str, Any]) -> dict[str, Any]:
     for cluster in stripped["static_resources"]["clusters"]:
         cluster.pop("type")
         cluster.pop("load_assignment")
-    for node in walk(stripped):
+    for node in walk_mappings(stripped):
         # pop(..., None): aliased nodes of the shipped file are visited once per listener.
         if isinstance(node.get("redirect"), dict):
             node["redirect"].pop("port_redirect", None)
