@@ -31,13 +31,15 @@ class PolicyEngine(Protocol):
 def principals_of(identity: Identity) -> frozenset[str]:
     """The principals a policy rule can name for this caller (before role inheritance).
 
-    Token roles and subjects are prefixed so that a token can never claim a built-in principal.
+    Token roles, scopes and subjects are prefixed so that a token can never claim a built-in
+    principal, and a scope can never pass for a role of the same name.
     """
     if not identity.authenticated:
         return frozenset({"everyone", "anonymous"})
     return frozenset(
         {"everyone", "authenticated", f"user:{identity.subject}"}
         | {f"role:{role}" for role in identity.roles}
+        | {f"scope:{scope}" for scope in identity.scopes}
     )
 
 

@@ -337,6 +337,24 @@ def test_principals_are_prefixed_so_a_token_cannot_claim_a_built_in_one() -> Non
     assert principals_of(ANONYMOUS) == {"everyone", "anonymous"}
 
 
+def test_oauth_scopes_are_principals_of_their_own_kind(tmp_path: Path) -> None:
+    identity = Identity("svc", ("admin",), scopes=("books:read", "admin"))
+
+    assert principals_of(identity) == {
+        "everyone",
+        "authenticated",
+        "user:svc",
+        "role:admin",
+        "scope:books:read",
+        "scope:admin",
+    }
+    engine = engine_for(write_policy(tmp_path, "p, scope:books:read, GET, /api/books, *, *, allow"))
+    assert engine.decide(identity, AuthRequest("GET", "/api/books")).allowed
+    # A role of the same name as a scope grants nothing the scope does, and the other way round.
+    as_role = Identity("svc", ("books:read",))
+    assert not engine.decide(as_role, AuthRequest("GET", "/api/books")).allowed
+
+
 # --- the demo contract (design.md "The demo contract"), row by row ---------------------------
 
 ANON = ANONYMOUS
