@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo proto lint chromium review test e2e bench
+.PHONY: help setup demo proto lint chromium idp review test e2e bench
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -35,6 +35,15 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "install Chromium (e.g. sudo apt-get install chromium) for the live-view test" >&2; exit 1; fi; }
 
+# The OpenID Connect interop tests run a real provider (oidc-provider) under Node, installed
+# from tests/idp/package-lock.json; reinstalled when the lock file changes.
+idp: tests/idp/node_modules/.package-lock.json  ## install the test OpenID Connect provider (npm ci)
+
+tests/idp/node_modules/.package-lock.json: tests/idp/package-lock.json
+	@command -v npm >/dev/null || { echo "Node.js and npm are needed for the OpenID Connect interop tests (tests/idp)" >&2; exit 1; }
+	npm ci --prefix tests/idp --no-audit --no-fund
+	touch $@
+
 REVIEW := $(BIN)/ext-authz review --suppressions deploy/review-suppressions.yaml --fail-on medium
 
 review: setup  ## security review of the shipped Envoy config, service config and policies
@@ -42,11 +51,11 @@ review: setup  ## security review of the shipped Envoy config, service config an
 	$(REVIEW) --model policies/model.conf --policy policies/examples/saas/policy.csv
 	$(REVIEW) --model policies/model.conf --policy policies/examples/internal-admin/policy.csv
 
-test: lint chromium review  ## lint, review, the shipped policy cases, then every test (e2e included)
+test: lint chromium idp review  ## lint, review, the shipped policy cases, then every test (e2e included)
 	$(BIN)/ext-authz policy test policies/
 	$(BIN)/python -m pytest
 
-e2e: setup  ## only the end-to-end tests
+e2e: setup idp  ## only the end-to-end tests
 	$(BIN)/python -m pytest -m e2e
 
 bench: setup  ## benchmarks (bench/); prints tables, writes bench/*.json

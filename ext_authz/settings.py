@@ -84,6 +84,8 @@ class KeyRefreshSettings(_Section):
     min_refresh_interval: int = Field(default=60, ge=1)  # lower bound on Cache-Control max-age
     max_refresh_interval: int = Field(default=3600, ge=1)  # upper bound on Cache-Control max-age
     unknown_kid_interval: int = Field(default=30, ge=1)  # at most one refetch per interval
+    # How long a request with an unknown kid waits for the refetch it triggered (0: not at all).
+    unknown_kid_wait: float = Field(default=0.5, ge=0, le=5)
     max_staleness: int = Field(default=86400, ge=1)  # keys older than this are not used
     timeout: float = Field(default=5.0, gt=0, le=60)  # per HTTP request
     initial_wait: float = Field(default=30.0, ge=0)  # start-up wait for the first key set

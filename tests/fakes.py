@@ -27,8 +27,9 @@ class StaticKeys:
     def current(self) -> KeySet:
         return self.keyset
 
-    def request_refresh(self) -> None:
+    def await_refetch(self, timeout: float) -> bool:
         self.refresh_requests += 1
+        return False  # a fixed set: a refetch never brings a new key
 
 
 class FakeClock:

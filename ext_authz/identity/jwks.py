@@ -24,6 +24,7 @@ from ext_authz.watch import file_signature
 
 __all__ = [
     "FILE_POLL_INTERVAL",
+    "MAX_REFETCH_WAITERS",
     "PRIVATE_JWK_MEMBERS",
     "Fetcher",
     "KeySet",
@@ -43,6 +44,9 @@ Fetcher = Callable[[str, float], tuple[bytes, Mapping[str, str]]]
 FILE_POLL_INTERVAL = 1.0  # seconds between stat() checks of a JWKS file
 _FIRST_RETRY = 2.0  # seconds; doubled after each consecutive failure, up to refresh_interval
 _MAX_WAIT = 60.0  # the thread re-reads the clock at least this often (clock steps, fake clocks)
+# Requests that may wait at once for an unknown-kid refetch; more are refused at once, so a flood
+# of unknown kids against a slow IdP cannot tie up the server's worker threads.
+MAX_REFETCH_WAITERS = 4
 PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth")  # what only a private JWK has
 
 
@@ -179,6 +183,9 @@ class KeyStore:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._last_wake = -math.inf
+        self._requested = 0  # unknown-kid refetches requested so far (each wake counts one)
+        self._answered = 0  # of those, how many a finished load (good or failed) has answered
+        self._waiters = 0
         self._failures = 0  # consecutive: reset by a successful load
         self._refresh_failures = 0  # all failed loads since start
         self._file_signature: tuple[int, int, int] | None = None
@@ -213,7 +220,33 @@ class KeyStore:
                 return
             self._last_wake = now
             self._woken = True
+            self._requested += 1
             self._cond.notify_all()
+
+    def await_refetch(self, timeout: float) -> bool:
+        """An unknown kid was seen: request a refetch (rate limited, as ``request_refresh``) and
+        wait up to ``timeout`` seconds for the requested refetch to finish. True when it did, so
+        the caller looks the kid up again: an IdP that signs with a new key at once (Keycloak,
+        oidc-provider) has its first tokens accepted, not refused until the next request.
+
+        Returns False at once when no refetch is pending (rate limited and already answered) or
+        ``MAX_REFETCH_WAITERS`` requests wait already."""
+        self.request_refresh()
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._requested
+            if self._answered >= target or self._waiters >= MAX_REFETCH_WAITERS:
+                return False
+            self._waiters += 1
+            try:
+                while self._answered < target and not self._stopping:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+                return self._answered >= target
+            finally:
+                self._waiters -= 1
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -238,9 +271,14 @@ class KeyStore:
             return self.refresh()
         with self._cond:
             requested, self._woken = self._woken, False
-        if requested or self._clock() >= self._next_due:
-            return self.refresh()
-        return False
+            generation = self._requested
+        if not (requested or self._clock() >= self._next_due):
+            return False
+        loaded = self.refresh()
+        with self._cond:  # answers every unknown-kid request made before this load began
+            self._answered = max(self._answered, generation)
+            self._cond.notify_all()
+        return loaded
 
     def age(self) -> float | None:
         """Seconds since the last successful load (also beyond ``max_staleness``, when

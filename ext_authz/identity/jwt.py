@@ -95,8 +95,9 @@ class KeySource(Protocol):
         """The current key set; raises KeysUnavailableError when missing or stale."""
         ...
 
-    def request_refresh(self) -> None:
-        """Ask for a refetch (an unknown kid was seen); never blocks."""
+    def await_refetch(self, timeout: float) -> bool:
+        """An unknown kid was seen: ask for a (rate-limited) refetch and wait at most ``timeout``
+        seconds for it; True when a refetch finished (look the kid up again)."""
         ...
 
 
@@ -208,7 +209,13 @@ class JwtVerifier:
             raise InvalidTokenError(f"token is larger than {settings.max_token_bytes} bytes")
         _check_type(settings, header)
         version, keys = provider.keys()
-        key, alg = self._select_key(provider, keys, header)
+        selected = self._select_key(provider, keys, header)
+        if selected is None and provider.source.await_refetch(settings.keys.unknown_kid_wait):
+            version, keys = provider.keys()  # the kid may have been rotated in
+            selected = self._select_key(provider, keys, header)
+        if selected is None:
+            raise InvalidTokenError("token key id ('kid') is unknown")
+        key, alg = selected
         try:
             jws.verify(token, key, algorithms=[alg])
         except (JOSEError, RecursionError) as exc:
@@ -226,7 +233,8 @@ class JwtVerifier:
     @staticmethod
     def _select_key(
         provider: _Provider, keys: Keys, header: Mapping[str, object]
-    ) -> tuple[jwk.Key, str]:
+    ) -> tuple[jwk.Key, str] | None:
+        """The key and algorithm for this header; None when its kid is unknown."""
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in provider.settings.algorithms:
             raise InvalidTokenError("token algorithm ('alg') is not allowed for this issuer")
@@ -241,10 +249,7 @@ class JwtVerifier:
         kid = header.get("kid")
         if kid is not None:
             key = keys.get((kid, alg)) if isinstance(kid, str) else None
-            if key is None:
-                provider.source.request_refresh()  # maybe rotated in; the refetch is rate limited
-                raise InvalidTokenError("token key id ('kid') is unknown")
-            return key, alg
+            return None if key is None else (key, alg)
         candidates = [key for (_, key_alg), key in keys.items() if key_alg == alg]
         if len(candidates) != 1:
             raise InvalidTokenError("token has no key id ('kid') and the issuer has several keys")

@@ -1,10 +1,10 @@
 """A real OpenID Connect provider for the interoperability tests: oidc-provider (npm, OpenID
 Certified) run by Node from tests/idp/ (`make idp` installs it from the lock file).
 
-``OidcProvider`` starts ``tests/idp/server.mjs`` on a free loopback port with a JSON config (clients,
-resources, extra claims) and a private JWK Set, restarts it on the same port with other keys (key
-rotation), stops it (outage), gets tokens with the client-credentials grant, revokes them, and
-reads its per-path request counts.
+``OidcProvider`` starts ``tests/idp/server.mjs`` on a free loopback port with a JSON config
+(clients, resources, extra claims) and a private JWK Set, restarts it on the same port with other
+keys (key rotation), stops it (outage), gets tokens with the client-credentials grant, revokes
+them, and reads its per-path request counts.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, IO
+from typing import IO, Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from harness import free_ports
@@ -175,7 +175,7 @@ class OidcProvider:
         return {str(path): int(n) for path, n in counts.items()}
 
     def token(self, client_id: str, resource: str, scope: str = "") -> str:
-        """An access token for ``resource`` by the client-credentials grant (client_secret_basic)."""
+        """A token for ``resource`` by the client-credentials grant (client_secret_basic)."""
         form = {"grant_type": "client_credentials", "resource": resource}
         if scope:
             form["scope"] = scope

@@ -456,6 +456,60 @@ def test_unknown_kid_flood_from_many_threads_wakes_the_refresher_once(idp: Idp) 
         store.stop()
 
 
+def test_await_refetch_returns_once_the_requested_refetch_has_loaded(
+    idp: Idp, second_rsa_keypair: Any
+) -> None:
+    store = KeyStore(url_settings(idp.url + JWKS_PATH, unknown_kid_interval=60))
+    assert store.refresh()
+    store.start()
+    try:
+        idp.jwks = {"keys": [second_rsa_keypair.public_jwk, *idp.jwks["keys"]]}  # rotated in
+        assert store.await_refetch(5.0)
+        assert second_rsa_keypair.kid in [key.get("kid") for key in store.current().keys]
+        # Rate limited, and the refetch already answered: nothing to wait for.
+        started = time.monotonic()
+        assert not store.await_refetch(5.0)
+        assert time.monotonic() - started < 0.5
+        assert idp.requests[JWKS_PATH] == 2
+    finally:
+        store.stop()
+
+
+def test_await_refetch_gives_up_after_its_timeout_and_bounds_its_waiters(idp: Idp) -> None:
+    # No refresher thread runs, so the requested refetch never happens.
+    store = KeyStore(url_settings(idp.url + JWKS_PATH, unknown_kid_interval=60))
+    assert store.refresh()
+    started = time.monotonic()
+    assert not store.await_refetch(0.2)
+    assert 0.2 <= time.monotonic() - started < 2
+
+    results: list[bool] = []
+    waiters = [
+        threading.Thread(target=lambda: results.append(store.await_refetch(1.0)))
+        for _ in range(jwks.MAX_REFETCH_WAITERS + 3)
+    ]
+    started = time.monotonic()
+    for waiter in waiters:
+        waiter.start()
+    # The ones beyond the bound are refused at once, before the others time out.
+    assert wait_for(lambda: len(results) >= 3, timeout=0.8)
+    for waiter in waiters:
+        waiter.join()
+    assert results == [False] * len(waiters)
+    assert idp.requests[JWKS_PATH] == 1
+
+
+def test_await_refetch_never_waits_for_a_jwks_file(tmp_path: Path, rsa_keypair: Any) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [rsa_keypair.public_jwk]}))
+    store = KeyStore(
+        ProviderSettings(name="f", issuer="https://f.test", audiences=("api",), jwks_file=path)
+    )
+    started = time.monotonic()
+    assert not store.await_refetch(5.0)
+    assert time.monotonic() - started < 0.5
+
+
 # --- IdP down and staleness -------------------------------------------------------------------
 
 

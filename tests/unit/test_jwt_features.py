@@ -31,6 +31,7 @@ class SwappableKeys:
         self._keyset: KeySet | None = KeySet(tuple(keys), fetched_at=0.0, version=1)
         self.refresh_requests = 0
         self.unavailable = False
+        self.on_refetch: Sequence[Mapping[str, Any]] | None = None  # what the IdP now publishes
 
     def swap(self, keys: Sequence[Mapping[str, Any]]) -> None:
         version = self._keyset.version + 1 if self._keyset else 1
@@ -41,8 +42,12 @@ class SwappableKeys:
             raise KeysUnavailableError("keys for provider 'test' are not loaded yet")
         return self._keyset
 
-    def request_refresh(self) -> None:
+    def await_refetch(self, timeout: float) -> bool:
         self.refresh_requests += 1
+        if self.on_refetch is None:
+            return False
+        self.swap(self.on_refetch)
+        return True
 
 
 def provider(settings: ProviderSettings, **overrides: Any) -> ProviderSettings:
@@ -216,6 +221,26 @@ def test_token_signed_with_a_new_key_is_accepted_once_the_source_has_it(
 
     assert verifier.authenticate(token).subject == "alice"
     assert verifier.authenticate(make_token(now=NOW)).subject == "alice"  # old key still there
+
+
+def test_first_token_of_a_key_the_refetch_brings_is_accepted_at_once(
+    make_verifier, make_token, rsa_keypair, second_rsa_keypair
+) -> None:
+    """An IdP that signs with a new key as soon as it publishes it (oidc-provider, Keycloak):
+    the request that meets the new kid waits for the refetch instead of being refused."""
+    source = SwappableKeys([rsa_keypair.public_jwk])
+    source.on_refetch = [second_rsa_keypair.public_jwk, rsa_keypair.public_jwk]
+    cache = TokenCache(100)
+    verifier = make_verifier(source=source, cache=cache)
+    token = make_token(
+        now=NOW, key=second_rsa_keypair.private_pem, headers={"kid": second_rsa_keypair.kid}
+    )
+
+    assert verifier.authenticate(token).subject == "alice"
+    assert source.refresh_requests == 1
+    source.on_refetch = None
+    assert verifier.authenticate(token).subject == "alice"  # cached under the new key set
+    assert source.refresh_requests == 1
 
 
 @pytest.mark.parametrize("cached", [False, True], ids=["uncached", "cached"])
