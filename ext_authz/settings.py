@@ -103,6 +103,9 @@ class ProviderSettings(_Section):
     name: str = Field(min_length=1)
     issuer: str = Field(min_length=1)
     audiences: tuple[str, ...] = Field(min_length=1)
+    # The claim that must name one of the audiences: "aud", or "client_id" for an IdP whose access
+    # tokens have no aud (Amazon Cognito); never optional.
+    audience_claim: Literal["aud", "client_id", "azp"] = "aud"
     # Exactly one key source: a JWKS file, a JWKS URL, or OIDC discovery from the issuer.
     jwks_file: ConfigPath | None = None
     jwks_url: str | None = None

@@ -40,12 +40,24 @@ def load_json_strictly(data: bytes) -> object:
 
 
 def claim_at(claims: Mapping[str, object], path: str) -> object:
-    """The value at a dotted ``path`` (e.g. ``realm_access.roles``), or None where it stops."""
+    """The value at a dotted ``path`` (e.g. ``realm_access.roles``), or None where it stops.
+
+    At each level the longest key that matches wins, so a claim whose name holds dots is found:
+    Auth0's namespaced ``https://example.com/roles``, Keycloak's ``resource_access.my.api.roles``
+    for a client named ``my.api``.
+    """
     value: object = claims
-    for part in path.split("."):
+    parts = path.split(".")
+    while parts:
         if not isinstance(value, Mapping):
             return None
-        value = value.get(part)
+        for size in range(len(parts), 0, -1):
+            key = ".".join(parts[:size])
+            if key in value:
+                value, parts = value[key], parts[size:]
+                break
+        else:
+            return None
     return value
 
 

@@ -279,12 +279,13 @@ class JwtVerifier:
 
     @staticmethod
     def _check_audience(settings: ProviderSettings, claims: Mapping[str, object]) -> None:
-        audience = claims.get("aud")
+        name = settings.audience_claim
+        audience = claims.get(name)
         values = [audience] if isinstance(audience, str) else audience
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise InvalidTokenError("token has no valid 'aud' claim")
+            raise InvalidTokenError(f"token has no valid '{name}' claim")
         if not set(values) & set(settings.audiences):
-            raise InvalidTokenError("token audience ('aud') is not accepted")
+            raise InvalidTokenError(f"token audience ('{name}') is not accepted")
 
     @staticmethod
     def _identity(settings: ProviderSettings, claims: Mapping[str, object]) -> Identity:

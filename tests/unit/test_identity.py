@@ -137,6 +137,20 @@ def test_roles_come_from_a_configured_nested_claim_path(make_verifier, token) ->
     assert identity.roles == ("admin",)
 
 
+@pytest.mark.parametrize(
+    ("path", "claims"),
+    [
+        ("https://example.com/roles", {"https://example.com/roles": ["admin"]}),  # Auth0
+        ("resource_access.b.api.roles", {"resource_access": {"b.api": {"roles": ["admin"]}}}),
+        ("a.b", {"a.b": ["admin"], "a": {"b": ["other"]}}),  # the longest key wins
+    ],
+)
+def test_roles_claim_names_may_contain_dots(make_verifier, token, path, claims) -> None:
+    verifier = make_verifier(roles_claim=path)
+
+    assert verifier.authenticate(token(**claims)).roles == ("admin",)
+
+
 def test_missing_nested_roles_claim_means_no_roles(make_verifier, token) -> None:
     verifier = make_verifier(roles_claim="realm_access.roles")
 
@@ -306,6 +320,16 @@ def test_missing_or_wrong_issuer_is_refused(verifier, token, iss) -> None:
 )
 def test_missing_or_wrong_audience_is_refused(verifier, token, aud) -> None:
     refused_not_expired(verifier, token(aud=aud))
+
+
+def test_audience_claim_client_id_for_access_tokens_without_aud(make_verifier, token) -> None:
+    """Amazon Cognito access tokens carry the app client id in client_id and have no aud."""
+    verifier = make_verifier(audience_claim="client_id", audiences=("app-client-1",))
+
+    assert verifier.authenticate(token(aud=None, client_id="app-client-1")).subject == "alice"
+    for wrong in ({"client_id": "app-client-2"}, {"client_id": None}, {"client_id": ["x"]}):
+        error = refused_not_expired(verifier, token(aud="app-client-1", **wrong))
+        assert "'client_id'" in str(error)  # the configured claim decides; aud is no fallback
 
 
 # --- header: algorithm, key selection, forbidden parameters ----------------------------------
