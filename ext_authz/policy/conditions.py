@@ -49,6 +49,8 @@ from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+from ext_authz.identity.claims import claim_at
+
 __all__ = [
     "Clock",
     "Condition",
@@ -162,20 +164,8 @@ def _as_values(value: object) -> Values | None:
 
 
 def _claim_values(claims: Mapping[str, object], path: str) -> Values | None:
-    """Resolve ``a.b.c``, trying at each level the longest key first (keys may contain dots)."""
-    node: object = claims
-    parts = path.split(".")
-    while parts:
-        if not isinstance(node, Mapping):
-            return None
-        for size in range(len(parts), 0, -1):
-            key = ".".join(parts[:size])
-            if key in node:
-                node, parts = node[key], parts[size:]
-                break
-        else:
-            return None
-    return _as_values(node)
+    """Resolve ``a.b.c`` as the identity mapping does (the longest key first at each level)."""
+    return _as_values(claim_at(claims, path))
 
 
 def _normalize_host(host: str) -> str | None:

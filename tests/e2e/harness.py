@@ -12,7 +12,7 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,21 @@ class Client:
 
     def get(self, path: str, **kwargs: object) -> Reply:
         return self.send("GET", path, **kwargs)  # type: ignore[arg-type]
+
+
+def eventually(
+    send: Callable[[], Reply], done: Callable[[Reply], bool], within: float = 5.0
+) -> Reply:
+    """Repeat ``send`` until ``done`` holds for its reply (files and keys are polled, not
+    watched); fails after ``within`` seconds with the last reply."""
+    deadline = time.monotonic() + within
+    while True:
+        reply = send()
+        if done(reply):
+            return reply
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within} s: {reply.status} {reply.body[:300]!r}")
+        time.sleep(0.1)
 
 
 def _merged(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,15 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 from forged_certs import forge_client_certificate
-from harness import Client, Reply, demo_claims, issuer_kid, load_issuer_key, make_jws
+from harness import (
+    Client,
+    Reply,
+    demo_claims,
+    eventually,
+    issuer_kid,
+    load_issuer_key,
+    make_jws,
+)
 
 from ext_authz.demo.issuer import mint_demo_token
 from ext_authz.demo.keys import DEMO_CLIENT_URI, rsa_public_jwk
@@ -39,18 +47,6 @@ def refused(stack, client: Client, status: int, method: str, path: str, **kwargs
     assert reply.status == status, (reply.status, reply.body[:300])
     assert stack.upstream_requests == before, f"{method} {path} reached the upstream"
     return reply
-
-
-def eventually(send: Callable[[], Reply], done: Callable[[Reply], bool]) -> Reply:
-    """Repeat ``send`` until ``done`` holds for its reply (files are polled, not watched)."""
-    deadline = time.monotonic() + RELOAD_TIMEOUT
-    while True:
-        reply = send()
-        if done(reply):
-            return reply
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {RELOAD_TIMEOUT} s: {reply.status} {reply.body!r}")
-        time.sleep(0.1)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -24,13 +24,13 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from harness import Client, Reply, make_jws, start_stack
+from harness import Client, Reply, eventually, make_jws, start_stack
 from oidc_idp import OidcProvider, SigningKey
 
 from ext_authz.demo.stack import DemoStack
@@ -153,17 +153,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, idp: OidcProvider) -> Iterat
 @pytest.fixture(scope="module")
 def client(stack: DemoStack) -> Client:
     return Client(stack.state_dir, stack.ports.https)
-
-
-def eventually(send: Callable[[], Reply], done: Callable[[Reply], bool], within: float) -> Reply:
-    deadline = time.monotonic() + within
-    while True:
-        reply = send()
-        if done(reply):
-            return reply
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within} s: {reply.status} {reply.body[:300]!r}")
-        time.sleep(0.1)
 
 
 def assert_invalid_token(stack: DemoStack, reply: Reply, before: int) -> None:
