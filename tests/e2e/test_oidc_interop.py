@@ -41,6 +41,7 @@ API = "https://books.example/api"  # our API: JWT access tokens
 REPORTS = "https://reports.example/api"  # our other API: opaque tokens, introspected
 OTHER = "https://other.example/api"  # someone else's API (JWT)
 OTHER_OPAQUE = "https://ledger.example/api"  # someone else's API (opaque)
+SHORT = "https://reports.example/short"  # our API's short-lived opaque tokens
 
 EDITOR = "books-editor"  # a service with the editor role
 READER = "books-reader"  # a service with no role, only scopes
@@ -67,6 +68,7 @@ RESOURCES = {
     REPORTS: {"format": "opaque", "scope": "reports:read", "ttl": 300},
     OTHER: {"format": "jwt", "scope": "other:read", "ttl": 300},
     OTHER_OPAQUE: {"format": "opaque", "scope": "reports:read", "ttl": 300},
+    SHORT: {"format": "opaque", "scope": "reports:read", "ttl": 2},
 }
 ROLES_CLAIM = "realm_access.roles"
 CLAIMS = {EDITOR: {"realm_access": {"roles": ["editor"]}}}
@@ -116,7 +118,7 @@ def _settings(idp: OidcProvider, state: Path, **introspection: Any) -> dict[str,
                 "client_id": EXT_AUTHZ,
                 "client_secret_file": str(secret),
                 "issuer": idp.issuer,
-                "audiences": [REPORTS],
+                "audiences": [REPORTS, SHORT],
                 "subject_claim": "client_id",  # client-credentials tokens have no sub here
                 "roles_claim": ROLES_CLAIM,
                 "max_cache_ttl": MAX_CACHE_TTL,
@@ -361,6 +363,20 @@ def test_opaque_token_is_introspected_once_then_cached_and_refused_after_revocat
     reply = client.get("/api/reports", token=token)
     assert_invalid_token(stack, reply, before)
     assert reply.json()["reason"] == "invalid_token"
+
+
+def test_an_introspection_answer_is_cached_no_longer_than_the_token_lives(
+    idp: OidcProvider, stack: DemoStack, client: Client
+) -> None:
+    # The token lives 2 s, less than max_cache_ttl (3 s): once it expires it is refused, although
+    # a cache bounded only by max_cache_ttl would still hold it.
+    issued = time.monotonic()
+    token = idp.token(READER, SHORT, "reports:read")
+    assert client.get("/api/reports", token=token).status == 200
+    time.sleep(max(0.0, issued + RESOURCES[SHORT]["ttl"] + 0.3 - time.monotonic()))
+    assert time.monotonic() - issued < MAX_CACHE_TTL
+    before = stack.upstream_requests
+    assert_invalid_token(stack, client.get("/api/reports", token=token), before)
 
 
 def test_without_caching_a_revoked_opaque_token_is_refused_at_once(
