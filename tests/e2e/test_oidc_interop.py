@@ -248,6 +248,9 @@ def test_signing_key_rotation_while_traffic_flows(
     old_token = fresh_token_accepted(idp, client)
     traffic = Traffic(client, old_token)
     traffic.start()
+    # An unknown-kid refetch (e.g. the flood test's) within the last unknown_kid_interval would
+    # rate-limit the one the new key needs, and its first token would be refused: wait it out.
+    time.sleep(KEYS["unknown_kid_interval"])
     try:
         # 1. The provider publishes a new key and signs with it; the old one still verifies.
         new = SigningKey()
@@ -332,7 +335,7 @@ def test_provider_outage_keeps_known_keys_until_max_staleness_then_refuses(
     assert set(codes) == {200, 503}, codes
     first_503 = codes.index(503)
     assert set(codes[first_503:]) == {503}, codes  # never allowed again once stale
-    assert statuses[first_503][0] <= KEYS["max_staleness"] + 0.5
+    assert statuses[first_503][0] <= KEYS["max_staleness"] + 1
     assert statuses[first_503][1].json()["reason"] == "keys_unavailable"
     # The provider is back: the keys are refetched and the same token works again.
     eventually(lambda: client.get("/api/books", token=token), _ok, 8)
