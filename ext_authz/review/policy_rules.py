@@ -5,8 +5,9 @@ The pair is loaded as `serve` loads it (a file it refuses raises PolicyLoadError
 links; a model without principal, method and path columns gets the default-deny check only.
 
 Name-based judgements use the constants below: a path is public when its first segment is in
-PUBLIC_SEGMENTS, an admin path when it is in ADMIN_SEGMENTS, and a role is admin-like when its
-name matches ADMIN_ROLE. ``user:`` principals name one caller and are never judged by name.
+PUBLIC_SEGMENTS, an admin path when it is in ADMIN_SEGMENTS, and a role (or an OAuth ``scope:``)
+is admin-like when its name matches ADMIN_ROLE. ``user:`` principals name one caller and are never
+judged by name.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ ADMIN_ROLE = re.compile(r"admin|^root$|^superuser$|break[-_]?glass", re.IGNORECA
 
 _ANONYMOUS = ("everyone", "anonymous")  # what a caller without credentials holds
 _BUILT_IN = frozenset({*_ANONYMOUS, "authenticated"})
-_PREFIXES = ("user:", "role:")  # what tokens, keys and certificates give
+_PREFIXES = ("user:", "role:", "scope:")  # what tokens, keys and certificates give
+_GROUPS = ("role:", "scope:")  # principals many callers may hold, judged by name
 _WILDCARD_SEGMENTS = frozenset({"*", "**"})
 
 
@@ -194,14 +196,14 @@ def _path_covers(broad: Sequence[str], narrow: Sequence[str]) -> bool:
 
 
 def _admin_role(principal: str) -> bool:
-    return principal.startswith("role:") and bool(ADMIN_ROLE.search(principal[5:]))
+    return principal.startswith(_GROUPS) and bool(ADMIN_ROLE.search(principal.partition(":")[2]))
 
 
 def _non_admin(principal: str) -> bool:
-    """Principals an admin path should not be granted to: roles not named as admin roles, and
-    every authenticated caller."""
+    """Principals an admin path should not be granted to: roles (and OAuth scopes) not named as
+    admin ones, and every authenticated caller."""
     return principal == "authenticated" or (
-        principal.startswith("role:") and not _admin_role(principal)
+        principal.startswith(_GROUPS) and not _admin_role(principal)
     )
 
 
@@ -408,7 +410,8 @@ def _unreachable(principal: str, location: Location, effect: str) -> Finding:
         Severity.LOW,
         f"no caller can hold {principal!r}",
         location,
-        f"Principals are everyone, anonymous, authenticated, user:<sub> and role:<role> (and the"
+        f"Principals are everyone, anonymous, authenticated, user:<sub>, role:<role> and"
+        f" scope:<scope> (and the"
         f" roles these inherit); {principal!r} is none of them, so {effect}. `*` is not a"
         " wildcard here.",
         "Write the principal with its prefix (role:admin, user:alice), or everyone for all.",

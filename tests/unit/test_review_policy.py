@@ -237,6 +237,16 @@ def test_an_admin_path_granted_to_an_admin_role_or_one_user_is_fine(tmp_path: Pa
     assert findings == []
 
 
+def test_oauth_scope_principals_are_known_and_judged_like_roles(tmp_path: Path) -> None:
+    findings = review(
+        tmp_path,
+        "p, scope:books:read, GET, /api/books, *, *, allow\n"
+        "p, scope:admin, GET, /admin/**, *, *, allow\n"
+        "p, scope:reports:read, GET, /admin/reports, *, *, allow\n",
+    )
+    assert [(f.rule, f.location.line) for f in findings] == [("policy.admin_path", 3)]
+
+
 @pytest.mark.parametrize("path", ["/admin", "/internal/jobs/{id}", "/actuator/**", "/debug/pprof"])
 def test_an_admin_path_granted_to_every_signed_in_caller_is_high(tmp_path: Path, path: str) -> None:
     findings = review(tmp_path, f"p, authenticated, GET, {path}, *, *, allow\n")
