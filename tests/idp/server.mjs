@@ -15,6 +15,7 @@
 //
 // Test-only endpoint: GET /__test/counts answers {path: requests} since this process started, so
 // a test can count JWKS fetches and introspection calls.
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 
 import Provider, { errors } from 'oidc-provider';
@@ -42,6 +43,7 @@ const provider = new Provider(issuer, {
   clients: config.clients,
   jwks,
   scopes: ['openid', ...scopes],
+  cookies: { keys: [randomBytes(32).toString('base64url')] }, // no interactive flows here
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
