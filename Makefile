@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo proto lint chromium review test e2e bench
+.PHONY: help setup demo proto lint chromium review deploy-schemas test e2e bench
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -41,9 +41,23 @@ review: setup  ## security review of the shipped Envoy config, service config an
 	$(REVIEW) --envoy envoy/envoy.yaml --config deploy/compose/ext-authz.yaml --policies policies
 	$(REVIEW) --model policies/model.conf --policy policies/examples/saas/policy.csv
 	$(REVIEW) --model policies/model.conf --policy policies/examples/internal-admin/policy.csv
+	$(REVIEW) --envoy deploy/envoy/envoy.yaml --config deploy/envoy/ext-authz.yaml --policies deploy/kubernetes/policies
+	$(REVIEW) --config deploy/kubernetes/config.yaml --policies deploy/kubernetes/policies
 
-test: lint chromium review  ## lint, review, the shipped policy cases, then every test (e2e included)
+# Istio's CRD schemas (an npm package, pinned by its lock file) for tests/deploy; Debian's nodejs.
+ISTIO_SCHEMA := tests/deploy/istio_schema
+$(ISTIO_SCHEMA)/node_modules/.package-lock.json: $(ISTIO_SCHEMA)/package-lock.json
+	@command -v npm >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; \
+	  else echo "install Node.js and npm (e.g. sudo apt-get install nodejs npm) for the Istio schema check" >&2; exit 1; fi; }
+	cd $(ISTIO_SCHEMA) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+deploy-schemas: $(ISTIO_SCHEMA)/node_modules/.package-lock.json  ## install Istio's schemas for the deploy/ tests (npm ci)
+
+test: lint chromium review deploy-schemas  ## lint, review, the shipped policy cases, then every test (e2e included)
 	$(BIN)/ext-authz policy test policies/
+	$(BIN)/ext-authz policy test deploy/kubernetes/policies
 	$(BIN)/python -m pytest
 
 e2e: setup  ## only the end-to-end tests

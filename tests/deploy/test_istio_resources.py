@@ -13,7 +13,6 @@ MeshConfig.ExtensionProvider.EnvoyExternalAuthorizationGrpcProvider and ProxyPat
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,7 +20,9 @@ from typing import Any
 
 import jsonschema
 import pytest
-from manifests import ISTIO, KUBERNETES, Resource, container, kustomize, load_all, load_yaml, one
+from manifests import ISTIO, KUBERNETES, Resource, kustomize, load_all, load_yaml, one
+
+from ext_authz.demo.envoy_config import walk_mappings
 
 SCHEMA_CHECK = Path(__file__).resolve().parent / "istio_schema"
 OPERATOR = ISTIO / "istio-operator.yaml"
@@ -187,9 +188,11 @@ def test_the_provider_fails_closed_within_the_shipped_timeout(provider: dict[str
     # Istio's defaults would allow 600 s per Check and answer 403 on errors.
     assert grpc.get("failOpen", False) is False
     assert grpc["statusOnError"] == "503"
-    envoy_timeouts = set(
-        re.findall(r"cluster_name: ext_authz\}\n\s+timeout: (\S+)", ENVOY_CONFIG.read_text())
-    )
+    envoy_timeouts = {
+        node["typed_config"]["grpc_service"]["timeout"]
+        for node in walk_mappings(load_yaml(ENVOY_CONFIG))
+        if node.get("name") == "envoy.filters.http.ext_authz"
+    }
     assert envoy_timeouts == {grpc["timeout"]}
     assert "includeRequestBodyInCheck" not in grpc
 
@@ -216,7 +219,6 @@ def test_sidecar_policy_is_mesh_wide_and_never_selects_ext_authz_itself(
     selector = sidecar["spec"]["selector"]["matchLabels"]
     # ext-authz checking its own Check calls would wait on itself.
     assert not selector.items() <= labels.items()
-    assert container(deployment, "ext-authz")
 
 
 def test_waypoint_policy_attaches_to_a_waypoint_gateway(policies: list[Resource]) -> None:
