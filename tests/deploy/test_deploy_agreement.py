@@ -342,8 +342,8 @@ def test_security_review_passes(arguments: list[str]) -> None:
 
 def _deploy_section() -> str:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"^## Deploy\n(.*?)(?=^## )", text, flags=re.MULTILINE | re.DOTALL)
-    assert match, "the README has no '## Deploy' section"
+    match = re.search(r"^## Deploy\b[^\n]*\n(.*?)(?=^## )", text, flags=re.MULTILINE | re.DOTALL)
+    assert match, "the README has no 'Deploy' section"
     return match.group(1)
 
 
