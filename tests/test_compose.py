@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from dockerfile import dockerfile_stages, exec_form, last
+from dockerfile_stages import dockerfile_stages, exec_form, last
 
 from ext_authz.demo.envoy_config import walk_mappings
 from ext_authz.demo.keys import CLIENT_CA_CERT, JWKS, TLS_CERT, TLS_KEY, ensure_demo_keys

@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from dockerfile import exec_form, exposed_ports, healthcheck_command, last, runtime_stage
-from manifests import (
+from deploy_manifests import (
     ENVOY,
     ISTIO,
     KUBERNETES,
@@ -35,6 +34,7 @@ from manifests import (
     port_of,
     service_fqdn,
 )
+from dockerfile_stages import exec_form, exposed_ports, healthcheck_command, last, runtime_stage
 
 from ext_authz.demo.envoy_config import walk_mappings
 from ext_authz.demo.keys import ensure_demo_keys

@@ -20,7 +20,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from manifests import ISTIO, KUBERNETES, Resource, kustomize, load_all, load_yaml, one
+from deploy_manifests import ISTIO, KUBERNETES, Resource, kustomize, load_all, load_yaml, one
 
 from ext_authz.demo.envoy_config import walk_mappings
 

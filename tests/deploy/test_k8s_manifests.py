@@ -8,7 +8,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from manifests import (
+from deploy_manifests import (
     ENVOY,
     KUBERNETES,
     KUSTOMIZATIONS,
@@ -250,3 +250,20 @@ def test_network_policy_admits_only_proxies_to_grpc_and_monitoring_to_metrics(
         assert selector and selector.get("matchLabels"), f"{peer} admits every pod"
     # The metrics port is not reachable from the proxies' rule, nor gRPC from monitoring's.
     assert by_port[grpc_port] == by_port[15008]
+
+
+@pytest.mark.parametrize("directory", [KUBERNETES, ENVOY], ids=lambda d: d.name)
+def test_every_container_is_locked_down(directory: Path) -> None:
+    for workload in (r for r in kustomize(directory) if r["kind"] == "Deployment"):
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        for spec in pod["containers"]:
+            context = spec["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, spec["name"]
+            assert context["readOnlyRootFilesystem"] is True, spec["name"]
+            assert context["capabilities"] == {"drop": ["ALL"]}, spec["name"]
+            assert context.get("runAsUser", 0) != 0, spec["name"]
+            assert {"cpu", "memory"} <= set(spec["resources"]["limits"]), spec["name"]
+            assert "readinessProbe" in spec and "livenessProbe" in spec, spec["name"]
