@@ -3,6 +3,7 @@ locked down the way the README promises (non-root, read-only, probes, drain, spr
 
 from __future__ import annotations
 
+import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -152,6 +153,12 @@ def test_pods_drain_before_they_are_killed(deployment: Resource, settings: Setti
     pod = deployment["spec"]["template"]["spec"]
     pause = container(deployment, APP)["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert pod["terminationGracePeriodSeconds"] > pause + settings.grace_period
+    # An Istio sidecar must outlive the drain, or the last answers have no way out.
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    proxy = json.loads(annotations["proxy.istio.io/config"])
+    assert proxy["holdApplicationUntilProxyStarts"] is True
+    sidecar_drain = float(proxy["terminationDrainDuration"].removesuffix("s"))
+    assert pause + settings.grace_period <= sidecar_drain < pod["terminationGracePeriodSeconds"]
 
 
 def test_requests_and_limits_are_set(deployment: Resource) -> None:
