@@ -16,6 +16,7 @@ import pytest
 from harness import Client, Reply, start_stack
 from redis_server import RedisServer
 
+from ext_authz.demo.issuer import mint_demo_token
 from ext_authz.demo.stack import DemoStack
 
 pytestmark = pytest.mark.e2e
@@ -187,3 +188,21 @@ def test_metrics_count_the_redis_errors(replicas: tuple[DemoStack, DemoStack]) -
         text = reply.read().decode()
     assert 'ext_authz_rate_limit_backend_up{backend="redis"} 1.0' in text
     assert "ext_authz_rate_limit_backend_errors_total" in text
+
+
+def test_the_demo_limits_writes_as_the_readme_says(tmp_path) -> None:
+    """The demo's own limits (no overrides): an editor's sixth quick POST is refused, while
+    their reads count against the roomier per-user limit."""
+    demo = start_stack(tmp_path)
+    try:
+        client = Client(demo.state_dir, demo.ports.https)
+        editor = mint_demo_token(demo.state_dir, "erin", ["editor"])
+        replies = [client.send("POST", "/api/books", token=editor) for _ in range(7)]
+        assert [reply.status for reply in replies] == [200] * 5 + [429] * 2
+        assert replies[0].headers["ratelimit-policy"] == '"writes";q=30;w=60'
+        assert replies[-1].json()["reason"] == "rate_limited"
+        read = client.get("/api/books", token=editor)
+        assert read.status == 200
+        assert read.headers["ratelimit-policy"] == '"users";q=20;w=1'
+    finally:
+        demo.stop()
