@@ -125,16 +125,6 @@ class RedisStore:
             for key, reason, left in zip(reply[0::3], reply[1::3], reply[2::3], strict=True)
         ]
 
-    def ping(self) -> bool:
-        """True when Redis answers (for start-up logs; never required)."""
-        try:
-            return bool(self._client.ping())
-        except redis.RedisError:
-            return False
-
-    def close(self) -> None:
-        self._client.close()
-
     def _call(
         self, script: redis.commands.core.Script, keys: list[str], args: list[int | str]
     ) -> list[Any]:  # integers and bytes, as the script returns them

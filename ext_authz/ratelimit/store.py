@@ -73,7 +73,7 @@ class LocalStore:
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        """Buckets held (for tests and metrics)."""
+        """Buckets held."""
         return len(self._buckets)
 
     def _now_us(self) -> int:
