@@ -23,8 +23,9 @@ class RedisServer:
     """Started by ``start()``, ended by ``stop()``; ``start()`` again brings it back on the
     same port (the tests stop Redis mid-run and restart it)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *args: str) -> None:
         self.workdir = workdir
+        self.args = args  # more redis-server options, e.g. ("--requirepass", "...")
         self.port = _free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -32,8 +33,8 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+    def client(self, password: str | None = None) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, password=password, socket_timeout=2)
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -54,6 +55,7 @@ class RedisServer:
                 str(self.workdir),
                 "--logfile",
                 "",
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -63,6 +65,8 @@ class RedisServer:
             try:
                 if self.client().ping():
                     return
+            except redis.AuthenticationError:
+                return  # it answers: it wants a password
             except redis.ConnectionError:
                 time.sleep(0.05)
         self.stop()

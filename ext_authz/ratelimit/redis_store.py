@@ -14,13 +14,14 @@ with replicas only: the block script touches two keys, which Redis Cluster would
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ext_authz.errors import RateLimitUnavailableError
+from ext_authz.errors import ConfigError, RateLimitUnavailableError, describe_error
 from ext_authz.ratelimit.bucket import Taken
 from ext_authz.ratelimit.store import StoredBlock
 from ext_authz.settings import RedisSettings
@@ -81,12 +82,9 @@ class RedisStore:
     """A Store on one Redis server; ``max_blocks`` bounds the list of blocks (not the blocks)."""
 
     def __init__(self, settings: RedisSettings, max_blocks: int) -> None:
-        password = None
-        if settings.password_file is not None:
-            password = settings.password_file.read_text(encoding="utf-8").strip()
         self._client = redis.Redis.from_url(
             settings.url,
-            password=password,
+            password=_password(settings.password_file),
             socket_timeout=settings.timeout,
             socket_connect_timeout=settings.timeout,
             retry=Retry(NoBackoff(), 0),  # a failure is reported at once; failover.py decides
@@ -133,6 +131,20 @@ class RedisStore:
         except redis.RedisError as exc:
             raise _unavailable(exc) from exc
         return list(reply) if isinstance(reply, list) else [reply]
+
+
+def _password(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        password = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{path}: cannot read the Redis password ({describe_error(exc)})"
+        ) from None
+    if not password:
+        raise ConfigError(f"{path}: the Redis password file is empty")
+    return password
 
 
 def _unavailable(exc: redis.RedisError) -> RateLimitUnavailableError:

@@ -11,7 +11,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 import pytest
 from redis_server import RedisServer
 
-from ext_authz.errors import BlockedError, RateLimitUnavailableError
+from ext_authz.errors import BlockedError, ConfigError, RateLimitUnavailableError
 from ext_authz.models import ANONYMOUS, AuthRequest
 from ext_authz.ratelimit import FailoverStore, LocalStore
 from ext_authz.ratelimit.bucket import interval_us
@@ -129,3 +129,24 @@ def test_an_unreachable_redis_at_start_is_a_failure_like_any_other(tmp_path) -> 
         failover.take("limit:t:z", HOUR, 3)
     assert caught.value.code == "rate_limit_unavailable"
     assert "127.0.0.1" not in str(caught.value)
+
+
+def test_a_password_protected_redis_is_used_with_the_password_file(tmp_path) -> None:
+    server = RedisServer(tmp_path, "--requirepass", "s3cret-redis-password")
+    server.start()
+    try:
+        secret = tmp_path / "redis-password"
+        secret.write_text("s3cret-redis-password\n")
+        with_password = RedisStore(redis_settings(server.url, password_file=str(secret)), 10)
+        assert with_password.take("limit:t:p", HOUR, 1).allowed
+        with pytest.raises(RateLimitUnavailableError) as caught:
+            replica(server.url).take("limit:t:p", HOUR, 1)
+        assert "s3cret" not in str(caught.value)
+    finally:
+        server.stop()
+
+
+def test_a_missing_password_file_is_a_config_error_naming_it(tmp_path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(ConfigError, match=f"{missing}: cannot read the Redis password"):
+        RedisStore(redis_settings("redis://127.0.0.1:1/0", password_file=str(missing)), 10)
