@@ -3,7 +3,16 @@ a count of signature checks."""
 
 from __future__ import annotations
 
-import json
+import os
+
+# The tests start processes (Envoy, the service, redis-server) from a process that also makes
+# gRPC calls; gRPC's fork handlers then can hang Popen in fork() for good (grpc/grpc#37259; here
+# a loop of health checks and Popen with preexec_fn hung within ~250 rounds, and never with
+# this off). Every fork here is followed by exec and needs no fork support: off, before any
+# grpc import.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import json  # noqa: E402
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
