@@ -1,6 +1,6 @@
 """Runtime: everything a Check reads, built once from Settings, plus the background tasks that
-keep keys, API keys and the denylist fresh (never on the request path; only token introspection,
-when configured, asks its endpoint there)."""
+keep keys, API keys and the denylist fresh (never on the request path; only token introspection
+and the Redis rate-limit store, when configured, are asked there)."""
 
 from __future__ import annotations
 
