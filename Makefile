@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo proto lint chromium review deploy-schemas test e2e bench
+.PHONY: help setup demo proto lint chromium redis review deploy-schemas test e2e bench
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -35,6 +35,12 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "install Chromium (e.g. sudo apt-get install chromium) for the live-view test" >&2; exit 1; fi; }
 
+# The Redis rate-limit tests start their own redis-server on a free loopback port (Debian's package).
+redis:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
+	  else echo "install Redis (e.g. sudo apt-get install redis-server) for the rate-limit tests" >&2; exit 1; fi; }
+
 REVIEW := $(BIN)/ext-authz review --suppressions deploy/review-suppressions.yaml --fail-on medium
 
 review: setup  ## security review of the shipped Envoy config, service config and policies
@@ -55,12 +61,12 @@ $(ISTIO_SCHEMA)/node_modules/.package-lock.json: $(ISTIO_SCHEMA)/package-lock.js
 
 deploy-schemas: $(ISTIO_SCHEMA)/node_modules/.package-lock.json  ## install Istio's schemas for the deploy/ tests (npm ci)
 
-test: lint chromium review deploy-schemas  ## lint, review, the shipped policy cases, then every test (e2e included)
+test: lint chromium redis review deploy-schemas  ## lint, review, the shipped policy cases, then every test (e2e included)
 	$(BIN)/ext-authz policy test policies/
 	$(BIN)/ext-authz policy test deploy/kubernetes/policies
 	$(BIN)/python -m pytest
 
-e2e: setup  ## only the end-to-end tests
+e2e: setup redis  ## only the end-to-end tests
 	$(BIN)/python -m pytest -m e2e
 
 bench: setup  ## benchmarks (bench/); prints tables, writes bench/*.json
