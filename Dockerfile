@@ -4,7 +4,12 @@
 # --init-only` (key generation) and the demo echo upstream from it.
 #
 #   docker build -t ext-authz .
-#   docker run --read-only -v ./config.yaml:/etc/ext-authz/config.yaml:ro ext-authz
+#   docker run --read-only -v ./config.yaml:/etc/ext-authz/config.yaml:ro \
+#       -v ./policies:/etc/ext-authz/policies:ro ext-authz
+#
+# Config and policies are mounted from outside at /etc/ext-authz/config.yaml and
+# /etc/ext-authz/policies (Kubernetes: deploy/kubernetes/, ConfigMaps); nothing is written at run
+# time, so the root filesystem can be read-only.
 #
 # Both stages use the same base image: the venv's interpreter is a symlink to the base image's
 # /usr/local/bin/python3.11, so it must exist at the same path in the runtime stage.
@@ -63,11 +68,17 @@ COPY --from=builder /opt/venv /opt/venv
 
 USER 10001:10001
 
-EXPOSE 9191
+# 9191: gRPC Check + grpc.health.v1 (`listen`); 9902: the admin port (`admin.listen`: /metrics,
+# the live view) when a config turns it on, as the Kubernetes and compose configs do.
+EXPOSE 9191 9902
 
-# gRPC health (grpc.health.v1, service "") on the port the default config listens on. The proxy
-# is disabled so an HTTP(S)_PROXY in the environment cannot send the probe elsewhere.
-HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+# gRPC health (grpc.health.v1, service "") on the port the default config listens on: SERVING
+# once every issuer's keys are loaded, NOT_SERVING while draining. The start period covers a
+# provider's keys.initial_wait (30 s by default), during which the port is not open yet. The
+# proxy is disabled so an HTTP(S)_PROXY in the environment cannot send the probe elsewhere.
+# (Kubernetes ignores HEALTHCHECK: deploy/kubernetes/deployment.yaml probes the same service
+# with native gRPC probes.)
+HEALTHCHECK --interval=10s --timeout=5s --start-period=40s --retries=3 \
     CMD ["python", "-c", "import sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; c = grpc.insecure_channel('127.0.0.1:9191', options=[('grpc.enable_http_proxy', 0)]); r = g.HealthStub(c).Check(h.HealthCheckRequest(service=''), timeout=3); sys.exit(r.status != h.HealthCheckResponse.SERVING)"]
 
 ENTRYPOINT ["ext-authz"]

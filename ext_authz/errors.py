@@ -12,6 +12,8 @@ that could hold one.
     ├── KeysUnavailableError        503 keys_unavailable: an issuer's keys are missing or stale
     ├── IntrospectionUnavailableError  503 introspection_unavailable: no usable answer from the
     │                                  introspection endpoint (down, slow, refused our client)
+    ├── RateLimitUnavailableError   503 rate_limit_unavailable: the shared rate-limit store
+    │                               (Redis) did not answer and the limits fail closed
     ├── InvalidRequestError         400 invalid_request: a request we cannot interpret unambiguously
     ├── AuthenticationError         401 + WWW-Authenticate
     │   ├── MissingCredentialError  missing_credential (only where a credential is required)
@@ -22,10 +24,16 @@ that could hold one.
     │   └── InvalidClientCertificateError  invalid_client_certificate
     ├── AccessDeniedError           403 access_denied
     └── LimitedError                429 (+ Retry-After) or 403 by configuration: a guard refused
-        └── BlockedError            blocked: the address or subject is blocked for a while
+        ├── BlockedError            blocked: the address or subject is blocked for a while
+        └── RateLimitedError        rate_limited: over a rate limit (+ RateLimit headers)
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ext_authz.models import Quota
 
 __all__ = [
     "AccessDeniedError",
@@ -43,6 +51,8 @@ __all__ = [
     "LimitedError",
     "MissingCredentialError",
     "PolicyLoadError",
+    "RateLimitUnavailableError",
+    "RateLimitedError",
     "RevokedTokenError",
     "StartupError",
     "describe_error",
@@ -151,6 +161,24 @@ class BlockedError(LimitedError):
     """Raised when the caller's address or subject is blocked after a security event."""
 
     code = "blocked"
+
+
+class RateLimitedError(LimitedError):
+    """Raised when a request is over the rate limit that applies to it; ``quota`` says which
+    limit, for the RateLimit response headers."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int, quota: Quota) -> None:
+        super().__init__(message, retry_after)
+        self.quota = quota
+
+
+class RateLimitUnavailableError(ExtAuthzError):
+    """Raised when the shared rate-limit store cannot answer and the limits fail closed: the
+    request is refused (503), never let through uncounted."""
+
+    code = "rate_limit_unavailable"
 
 
 class AccessDeniedError(ExtAuthzError):

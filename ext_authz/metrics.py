@@ -29,6 +29,7 @@ __all__ = [
     "KeyStoreStats",
     "Metrics",
     "PolicyStats",
+    "RateLimitBackendStats",
     "TokenCacheStats",
     "label_code",
 ]
@@ -90,6 +91,15 @@ class PolicyStats(Protocol):
     def decision_cache_stats(self) -> tuple[int, int]: ...
 
 
+class RateLimitBackendStats(Protocol):
+    """What the metrics read from the shared rate-limit store's failover (ratelimit/)."""
+
+    @property
+    def errors(self) -> int: ...
+    @property
+    def available(self) -> bool: ...
+
+
 class Metrics:
     """Every ext-authz metric, exported in the Prometheus text format by ``exposition()``.
 
@@ -103,8 +113,10 @@ class Metrics:
         key_stores: Sequence[KeyStoreStats] = (),
         token_caches: Sequence[TokenCacheStats] = (),
         policy_engines: Mapping[str, PolicyStats] | None = None,
+        rate_limit_backends: Sequence[RateLimitBackendStats] = (),
     ) -> None:
         self._key_stores = tuple(key_stores)
+        self._rate_limit_backends = tuple(rate_limit_backends)
         self._token_caches = tuple(token_caches)
         self._policies = dict(policy_engines or {})
         self._registry = CollectorRegistry(auto_describe=True)
@@ -164,6 +176,18 @@ class Metrics:
             description="Policy reloads by policy and result (success, failure).",
         )
 
+        meter.create_observable_counter(
+            "ext_authz_rate_limit_backend_errors",
+            callbacks=[self._rate_limit_errors],
+            description="Failed calls to the shared rate-limit store (Redis).",
+        )
+        meter.create_observable_gauge(
+            "ext_authz_rate_limit_backend_up",
+            callbacks=[self._rate_limit_up],
+            description="1 while the shared rate-limit store (Redis) is used, 0 while it is "
+            "skipped after a failure (fail closed or local buckets, as configured).",
+        )
+
     # -- recorded as they happen ---------------------------------------------------------------
 
     def observe(self, decision: Decision, request: AuthRequest | None, latency_s: float) -> None:
@@ -220,3 +244,15 @@ class Metrics:
             observations.append(Observation(engine.reloads, {"policy": name, "result": "success"}))
             observations.append(Observation(engine.failures, {"policy": name, "result": "failure"}))
         return observations
+
+    def _rate_limit_errors(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(backend.errors, {"backend": "redis"})
+            for backend in self._rate_limit_backends
+        ]
+
+    def _rate_limit_up(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(int(backend.available), {"backend": "redis"})
+            for backend in self._rate_limit_backends
+        ]

@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
-__all__ = ["ANONYMOUS", "AuthRequest", "Decision", "Identity", "Outcome", "PolicyResult"]
+__all__ = [
+    "ANONYMOUS",
+    "AuthRequest",
+    "Decision",
+    "Identity",
+    "Outcome",
+    "PolicyResult",
+    "Quota",
+]
 
 
 def _empty() -> Mapping[str, str]:
@@ -74,6 +82,18 @@ class PolicyResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Quota:
+    """The rate limit that applied to a request, as the RateLimit header fields tell it: the
+    policy (``limit`` requests per ``window`` seconds), what is left and when it is full again."""
+
+    policy: str
+    limit: int
+    window: int
+    remaining: int
+    reset: int  # seconds
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The outcome of one Check, with the stable ``reason_code`` that labels logs and metrics."""
 
@@ -85,3 +105,4 @@ class Decision:
     message: str = ""
     request_id: str = ""
     retry_after: int | None = None  # seconds, for a LIMITED decision
+    quota: Quota | None = None  # the rate limit that applied, when its headers are sent

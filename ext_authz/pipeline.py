@@ -22,10 +22,11 @@ from ext_authz.errors import (
     InvalidRequestError,
     InvalidTokenError,
     LimitedError,
+    RateLimitedError,
 )
 from ext_authz.identity import Authenticator
 from ext_authz.identity.denylist import Denylist
-from ext_authz.models import ANONYMOUS, AuthRequest, Decision, Identity, Outcome
+from ext_authz.models import ANONYMOUS, AuthRequest, Decision, Identity, Outcome, Quota
 from ext_authz.policy.engine import PolicyEngine
 from ext_authz.telemetry import (
     ATTR_AUTH_METHOD,
@@ -46,8 +47,9 @@ __all__ = ["AuthPipeline", "Guard", "new_decision_id", "refusal"]
 class Guard(Protocol):
     """A check between identity and authorization (blocks, rate limits)."""
 
-    def check(self, identity: Identity, request: AuthRequest) -> None:
-        """Return to let the request through; raise LimitedError to refuse it."""
+    def check(self, identity: Identity, request: AuthRequest) -> Quota | None:
+        """Return to let the request through (with the Quota that applied, for the client's
+        RateLimit headers, or None); raise LimitedError to refuse it."""
         ...
 
 
@@ -76,6 +78,7 @@ def refusal(
             message=str(error),
             request_id=request_id,
             retry_after=error.retry_after,
+            quota=error.quota if isinstance(error, RateLimitedError) else None,
         )
     outcome = next((o for cls, o in _OUTCOME_OF_ERROR if isinstance(error, cls)), Outcome.ERROR)
     return Decision(
@@ -134,7 +137,7 @@ class AuthPipeline:
                 # stuffer keeps getting 429s, not a fresh 401 per guess.
                 self._guard(ANONYMOUS, request)
                 raise
-            self._guard(identity, request)
+            quota = self._guard(identity, request)
             with _phase(SPAN_AUTHORIZATION) as span:
                 result = self._engine.decide(identity, request)
                 if result.matched_rule is not None:
@@ -150,7 +153,14 @@ class AuthPipeline:
             outcome, reason = Outcome.FORBIDDEN, AccessDeniedError.code
             message = "no policy rule allows this request"
         return Decision(
-            outcome, reason, decision_id, identity, result.matched_rule, message, request.request_id
+            outcome,
+            reason,
+            decision_id,
+            identity,
+            result.matched_rule,
+            message,
+            request.request_id,
+            quota=quota if outcome is Outcome.ALLOW else None,
         )
 
     def _identify(self, request: AuthRequest) -> Identity:
@@ -164,11 +174,14 @@ class AuthPipeline:
             span.set_attributes({ATTR_PROVIDER: identity.issuer, ATTR_AUTH_METHOD: identity.method})
         return identity
 
-    def _guard(self, identity: Identity, request: AuthRequest) -> None:
+    def _guard(self, identity: Identity, request: AuthRequest) -> Quota | None:
+        """Run every guard; the last Quota one returned (the rate limiter runs last)."""
+        quota = None
         if self._guards:
             with _phase(SPAN_GUARDS):
                 for guard in self._guards:
-                    guard.check(identity, request)
+                    quota = guard.check(identity, request) or quota
+        return quota
 
     def _authenticate(self, credential: Credential) -> Identity:
         authenticator = self._authenticators.get(credential.kind)

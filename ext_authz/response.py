@@ -11,6 +11,7 @@ from ext_authz._proto.envoy.config.core.v3 import base_pb2
 from ext_authz._proto.envoy.service.auth.v3 import external_auth_pb2
 from ext_authz._proto.envoy.type.v3 import http_status_pb2
 from ext_authz.models import AuthRequest, Decision, Outcome
+from ext_authz.ratelimit.headers import quota_headers
 from ext_authz.settings import HeaderSettings
 
 __all__ = ["OUTCOME_STATUS", "to_check_response"]
@@ -49,6 +50,12 @@ def _www_authenticate(decision: Decision) -> str:
     return "Bearer " + ", ".join(params)
 
 
+def _quota_headers(decision: Decision) -> list[base_pb2.HeaderValueOption]:
+    if decision.quota is None:
+        return []
+    return [_header(name, value) for name, value in quota_headers(decision.quota)]
+
+
 def _metadata(decision: Decision) -> struct_pb2.Struct:
     metadata = struct_pb2.Struct()
     metadata.update(
@@ -82,6 +89,8 @@ def _allow(
         headers=[_header(name, value) for name, value in to_set.items()],
         headers_to_remove=sorted(owned - to_set.keys()),
         query_parameters_to_remove=[n for n in credential_query if n in dict(request.query)],
+        # To the client, with the upstream's response: what is left of its rate limit.
+        response_headers_to_add=_quota_headers(decision),
     )
 
 
@@ -101,6 +110,7 @@ def _deny(decision: Decision) -> external_auth_pb2.DeniedHttpResponse:
         response_headers.append(_header("www-authenticate", _www_authenticate(decision)))
     if decision.retry_after is not None:
         response_headers.append(_header("retry-after", str(decision.retry_after)))
+    response_headers += _quota_headers(decision)
     return external_auth_pb2.DeniedHttpResponse(
         status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type]
         headers=response_headers,

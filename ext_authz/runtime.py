@@ -1,6 +1,6 @@
 """Runtime: everything a Check reads, built once from Settings, plus the background tasks that
-keep keys, API keys and the denylist fresh (never on the request path; only token introspection,
-when configured, asks its endpoint there)."""
+keep keys, API keys and the denylist fresh (never on the request path; only token introspection
+and the Redis rate-limit store, when configured, are asked there)."""
 
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ from ext_authz.identity.jwt import JwtVerifier
 from ext_authz.identity.mtls import MtlsAuthenticator
 from ext_authz.metrics import Metrics
 from ext_authz.observe import DecisionObserver
-from ext_authz.pipeline import AuthPipeline
+from ext_authz.pipeline import AuthPipeline, Guard
 from ext_authz.policy.engine import CasbinPolicyEngine, PolicyEngine
 from ext_authz.policy.reload import ReloadingPolicyEngine
 from ext_authz.policy.shadow import ShadowPolicyEngine
+from ext_authz.ratelimit import RateLimiter, compile_rules, open_store
 from ext_authz.settings import HeaderSettings, PolicySettings, Settings
 from ext_authz.signals import SecuritySignals
 from ext_authz.signals.blocklist import Block
@@ -113,24 +114,36 @@ def build_runtime(settings: Settings) -> Runtime:
         tasks.append(watched)
         denylist = watched.current
     engine, policies = _policy_engine(settings.policy, tasks)
+    # Rate limits and blocks share one store: local, or Redis for a fleet of replicas.
+    store, failover = open_store(settings)
     signals = SecuritySignals(
         settings.security,
         subject_claims={provider.issuer: provider.subject_claim for provider in settings.providers},
+        store=store,
     )
     tasks.append(signals)
+    guards: list[Guard] = [signals.blocklist]  # a blocked caller takes no token
+    limits = settings.rate_limits
+    if limits.rules:
+        guards.append(RateLimiter(compile_rules(limits.rules), store, limits.headers_on_allow))
     pipeline = AuthPipeline(
         CredentialExtractor(credentials, mtls.principal if mtls else None),
         authenticators,
         engine,
         denylist,
-        guards=[signals.blocklist],
+        guards=guards,
     )
     observers: list[DecisionObserver] = [
         DecisionLog(settings.decision_log.allow_sample_rate),
         signals,
     ]
     if settings.admin.listen is not None:
-        metrics = Metrics(key_stores=stores, token_caches=caches, policy_engines=policies)
+        metrics = Metrics(
+            key_stores=stores,
+            token_caches=caches,
+            policy_engines=policies,
+            rate_limit_backends=[failover] if failover is not None else [],
+        )
         live = LiveView(
             blocks=lambda: [_block_view(block) for block in signals.blocklist.current_blocks()],
             policy_version=lambda: policies["live"].version,

@@ -6,6 +6,7 @@ Relative paths in the file are resolved against the file's own directory.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from datetime import date
 from pathlib import Path
@@ -25,6 +26,7 @@ from pydantic import (
 
 from ext_authz.errors import ConfigError
 from ext_authz.identity.http import is_https_or_loopback
+from ext_authz.policy.functions import compile_path_pattern
 from ext_authz.yaml_strict import load_yaml
 
 __all__ = [
@@ -41,6 +43,9 @@ __all__ = [
     "MtlsSettings",
     "PolicySettings",
     "ProviderSettings",
+    "RateLimitRuleSettings",
+    "RateLimitSettings",
+    "RedisSettings",
     "SecuritySettings",
     "Settings",
     "ShadowPolicySettings",
@@ -311,6 +316,98 @@ class SecuritySettings(_Section):
     webhook: WebhookSettings | None = None
 
 
+# -- rate limits (ext_authz/ratelimit/) ---------------------------------------------------------
+
+_LIMIT_NAME = r"^[a-z][a-z0-9_]{0,63}$"  # a metric label and a RateLimit header policy name
+
+
+class RateLimitRuleSettings(_Section):
+    """One limit: ``rate`` requests per ``period`` seconds, ``burst`` at once, one bucket per
+    value of ``per``; ``routes``/``methods`` make it a route class, ``subjects``/``api_keys``/
+    ``addresses`` restrict it to those callers (ext_authz/ratelimit/rules.py has the precedence)."""
+
+    name: str = Field(pattern=_LIMIT_NAME)
+    per: Literal["subject", "api_key", "address"]
+    rate: int = Field(ge=1)
+    period: int = Field(default=1, ge=1, le=86400)
+    burst: int = Field(ge=1, le=1_000_000)
+    routes: tuple[str, ...] = ()  # policy path patterns; none = every path
+    methods: tuple[str, ...] = ()  # none = every method
+    subjects: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = ()  # API key ids
+    addresses: tuple[str, ...] = ()  # CIDRs
+
+    @field_validator("routes")
+    @classmethod
+    def _patterns(cls, routes: tuple[str, ...]) -> tuple[str, ...]:
+        for route in routes:
+            compile_path_pattern(route)  # raises ValueError naming the pattern
+        return routes
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [m for m in methods if not m.isascii() or not m.isalpha() or not m.isupper()]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not an upper-case HTTP method")
+        return methods
+
+    @field_validator("addresses")
+    @classmethod
+    def _networks(cls, addresses: tuple[str, ...]) -> tuple[str, ...]:
+        for address in addresses:
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{address!r} is not an address or CIDR") from exc
+        return addresses
+
+    @model_validator(mode="after")
+    def _selectors_fit(self) -> RateLimitRuleSettings:
+        if self.api_keys and self.per == "address":
+            raise ValueError("api_keys selects API-key callers: use per: api_key or subject")
+        return self
+
+
+class RedisSettings(_Section):
+    """The shared rate-limit and block store of a fleet of replicas."""
+
+    url: str = Field(pattern=r"^(redis|rediss|unix)://")  # no password: use password_file
+    password_file: ConfigPath | None = None
+    timeout: float = Field(default=0.1, gt=0, le=5)  # seconds per command
+    retry_interval: float = Field(default=1.0, gt=0, le=300)  # after a failure, Redis rests
+    key_prefix: str = Field(default="ext-authz:", max_length=64)
+
+    @field_validator("url")
+    @classmethod
+    def _no_inline_secret(cls, url: str) -> str:
+        if "@" in url.partition("://")[2].split("/", 1)[0]:
+            raise ValueError("the URL holds credentials: put the password in password_file")
+        return url
+
+
+class RateLimitSettings(_Section):
+    """Token-bucket limits checked between identity and authorization; also where the
+    security blocks are kept (``backend``)."""
+
+    backend: Literal["local", "redis"] = "local"
+    max_keys: int = Field(default=100_000, ge=100)  # local buckets kept (least recently used go)
+    headers_on_allow: bool = False  # RateLimit headers on allowed responses too (429s always)
+    on_backend_error: Literal["fail_closed", "local"] = "fail_closed"
+    redis: RedisSettings | None = None
+    rules: tuple[RateLimitRuleSettings, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RateLimitSettings:
+        if self.backend == "redis" and self.redis is None:
+            raise ValueError("backend: redis needs a redis section (url)")
+        names = [rule.name for rule in self.rules]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"rule name {duplicates[0]!r} is used more than once")
+        return self
+
+
 class Settings(_Section):
     """Everything `ext-authz serve` needs."""
 
@@ -327,6 +424,7 @@ class Settings(_Section):
     admin: AdminSettings = AdminSettings()
     decision_log: DecisionLogSettings = DecisionLogSettings()
     security: SecuritySettings = SecuritySettings()
+    rate_limits: RateLimitSettings = RateLimitSettings()
 
     @field_validator("providers")
     @classmethod

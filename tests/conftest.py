@@ -3,9 +3,18 @@ a count of signature checks."""
 
 from __future__ import annotations
 
-import json
+import os
+
+# The tests start processes (Envoy, the service, redis-server) from a process that also makes
+# gRPC calls; gRPC's fork handlers then can hang Popen in fork() for good (grpc/grpc#37259; here
+# a loop of health checks and Popen with preexec_fn hung within ~250 rounds, and never with
+# this off). Every fork here is followed by exec and needs no fork support: off, before any
+# grpc import.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import json  # noqa: E402
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwk, jwt
+from redis_server import RedisServer
 
 from ext_authz._proto.envoy.config.core.v3 import base_pb2
 from ext_authz._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
@@ -73,6 +83,15 @@ def jwks_file(rsa_keypair: KeyPair, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="session")
 def provider_settings(jwks_file: Path) -> ProviderSettings:
     return ProviderSettings(name="test", issuer=ISSUER, audiences=(AUDIENCE,), jwks_file=jwks_file)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of the test's own on a free loopback port, stopped afterwards."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import ipaddress
-import json
 import re
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from dockerfile_stages import dockerfile_stages, exec_form, last
 
 from ext_authz.demo.envoy_config import walk_mappings
 from ext_authz.demo.keys import CLIENT_CA_CERT, JWKS, TLS_CERT, TLS_KEY, ensure_demo_keys
@@ -137,41 +137,6 @@ def _connection_managers(envoy: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _dockerfile_stages(text: str) -> list[list[tuple[str, str]]]:
-    """(INSTRUCTION, arguments) per build stage, continuation lines joined, comments dropped."""
-    instructions: list[str] = []
-    pending = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        instructions.append(pending + line)
-        pending = ""
-    stages: list[list[tuple[str, str]]] = []
-    for instruction in instructions:
-        keyword, _, arguments = instruction.partition(" ")
-        if keyword.upper() == "FROM":
-            stages.append([])
-        if stages:  # an ARG before the first FROM belongs to no stage
-            stages[-1].append((keyword.upper(), arguments.strip()))
-    return stages
-
-
-def _last(stage: list[tuple[str, str]], keyword: str) -> str:
-    values = [arguments for instruction, arguments in stage if instruction == keyword]
-    assert values, f"the Dockerfile's final stage has no {keyword}"
-    return values[-1]
-
-
-def _exec_form(arguments: str) -> list[str]:
-    value = json.loads(arguments)
-    assert isinstance(value, list), f"not exec (JSON) form: {arguments}"
-    return [str(item) for item in value]
-
-
 # --- fixtures ----------------------------------------------------------------------------------
 
 
@@ -201,14 +166,14 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="module")
 def runtime_stage() -> list[tuple[str, str]]:
-    stages = _dockerfile_stages(DOCKERFILE.read_text(encoding="utf-8"))
+    stages = dockerfile_stages(DOCKERFILE.read_text(encoding="utf-8"))
     assert len(stages) >= 2, "expected a multi-stage build (builder + runtime)"
     return stages[-1]
 
 
 @pytest.fixture(scope="module")
 def image_user(runtime_stage: list[tuple[str, str]]) -> str:
-    return _last(runtime_stage, "USER")
+    return last(runtime_stage, "USER")
 
 
 @pytest.fixture(scope="module")
@@ -240,10 +205,10 @@ def _uid(service: dict[str, Any], image_user: str) -> str:
 
 def _command(service: dict[str, Any], runtime_stage: list[tuple[str, str]]) -> list[str]:
     """Entrypoint + command as the container runs them (compose overrides the image)."""
-    entrypoint = service.get("entrypoint") or _exec_form(_last(runtime_stage, "ENTRYPOINT"))
+    entrypoint = service.get("entrypoint") or exec_form(last(runtime_stage, "ENTRYPOINT"))
     command = service.get("command")
     if command is None:
-        command = _exec_form(_last(runtime_stage, "CMD"))
+        command = exec_form(last(runtime_stage, "CMD"))
     return [*entrypoint, *command]
 
 
@@ -325,7 +290,7 @@ def test_ext_authz_serves_the_compose_config_file(
     config = _host_path(services[EXT_AUTHZ], PurePosixPath(_option(argv, "--config")))
     assert config is not None and config.resolve() == SERVICE_CONFIG
     # The image's default command reads the same path, so `docker run -v cfg:...` works alike.
-    default = _exec_form(_last(runtime_stage, "CMD"))
+    default = exec_form(last(runtime_stage, "CMD"))
     assert _option(default, "--config") == _option(argv, "--config")
 
 
@@ -523,7 +488,7 @@ def test_image_runs_ext_authz_as_a_non_root_user(
     uid = image_user.split(":", 1)[0]
     # Numeric, so Kubernetes' runAsNonRoot can verify it without an /etc/passwd lookup.
     assert uid.isdigit() and uid not in ROOT_USERS, image_user
-    assert _exec_form(_last(runtime_stage, "ENTRYPOINT")) == ["ext-authz"]
+    assert exec_form(last(runtime_stage, "ENTRYPOINT")) == ["ext-authz"]
 
 
 def test_image_exposes_the_port_the_service_listens_on(
@@ -549,11 +514,11 @@ def test_healthchecks_probe_the_port_each_service_listens_on(
     settings: Settings,
 ) -> None:
     grpc_target = f"127.0.0.1:{_port_of(settings.listen)}"
-    image_check = _last(runtime_stage, "HEALTHCHECK")
+    image_check = last(runtime_stage, "HEALTHCHECK")
     probe = image_check.split(" CMD ", 1)[1]
     assert grpc_target in probe and "HealthStub" in probe
     compose_check = services[EXT_AUTHZ]["healthcheck"]["test"]
-    assert compose_check[0] == "CMD" and compose_check[1:] == _exec_form(probe)
+    assert compose_check[0] == "CMD" and compose_check[1:] == exec_form(probe)
     upstream_check = " ".join(services["upstream"]["healthcheck"]["test"])
     upstream_port = _listening_port("upstream", services, runtime_stage)
     assert f"127.0.0.1:{upstream_port}" in upstream_check

@@ -11,7 +11,14 @@ from ext_authz.demo.credentials import DEMO_API_KEY_OWNER
 from ext_authz.demo.keys import ensure_demo_keys
 from ext_authz.identity.jwt import sign_token
 
-__all__ = ["DEMO_AUDIENCE", "DEMO_ISSUER", "DEMO_SECURITY", "mint_demo_token", "service_settings"]
+__all__ = [
+    "DEMO_AUDIENCE",
+    "DEMO_ISSUER",
+    "DEMO_RATE_LIMITS",
+    "DEMO_SECURITY",
+    "mint_demo_token",
+    "service_settings",
+]
 
 DEMO_ISSUER = "https://demo.ext-authz.local"
 DEMO_AUDIENCE = "demo-api"
@@ -27,6 +34,27 @@ DEMO_SECURITY: dict[str, object] = {
     "addresses_per_subject": {"threshold": 5, "window": 300},
     "denied_paths_per_source": {"threshold": 15, "window": 30},
     "block": {"enabled": True, "ttl": 60, "status": 429, "allowlist": [DEMO_API_KEY_OWNER]},
+}
+# Rate limits a person trying the demo never meets by accident, but a loop of curls does: every
+# anonymous address (and every caller whose credentials are refused) 10/s with bursts of 30, each
+# signed-in user 20/s (40), each API key 50/s (100), and writes to the API 30 a minute with bursts
+# of 5 per user. Allowed responses show what is left (RateLimit headers).
+DEMO_RATE_LIMITS: dict[str, object] = {
+    "headers_on_allow": True,
+    "rules": [
+        {"name": "anonymous", "per": "address", "rate": 10, "burst": 30},
+        {"name": "users", "per": "subject", "rate": 20, "burst": 40},
+        {"name": "api_keys", "per": "api_key", "rate": 50, "burst": 100},
+        {
+            "name": "writes",
+            "per": "subject",
+            "routes": ["/api/**"],
+            "methods": ["POST", "PUT", "PATCH", "DELETE"],
+            "rate": 30,
+            "period": 60,
+            "burst": 5,
+        },
+    ],
 }
 # Set by the minting flags; --claim may not override them.
 REGISTERED_CLAIMS = frozenset({"iss", "aud", "sub", "iat", "nbf", "exp", "roles", "jti"})
@@ -84,4 +112,5 @@ def service_settings(
             "policy": str(policies / "policy.csv"),
         },
         "security": DEMO_SECURITY,
+        "rate_limits": DEMO_RATE_LIMITS,
     }

@@ -50,6 +50,7 @@ def review_settings(settings: Settings, source: Path) -> list[Finding]:
         findings += _provider(provider, f"providers[{index}]", where)
     findings += _credentials(settings, where)
     findings += _exposure(settings, where)
+    findings += _rate_limits(settings, where)
     return findings
 
 
@@ -262,4 +263,32 @@ def _exposure(settings: Settings, where: Where) -> Iterator[Finding]:
             where("decision_log.allow_sample_rate"),
             "An investigation cannot tell from the log everything a stolen credential reached.",
             "Log every decision (allow_sample_rate: 1) where storage allows.",
+        )
+
+
+def _rate_limits(settings: Settings, where: Where) -> Iterator[Finding]:
+    limits = settings.rate_limits
+    redis = limits.redis
+    if limits.backend == "redis" and redis is not None:
+        url = urlsplit(redis.url)
+        if url.scheme == "redis" and not _is_loopback(f"{url.hostname or ''}:0"):
+            yield Finding(
+                "rate_limits.redis_plain",
+                Severity.MEDIUM,
+                f"rate limits and blocks kept in Redis at {url.hostname} without TLS",
+                where("rate_limits.redis.url"),
+                "Anyone on the network path can read the buckets and blocks, or change them:"
+                " reset a bucket, lift a block on their own address, or block someone else.",
+                "Use a rediss:// URL (TLS) with a password_file, or a Redis on loopback.",
+            )
+    anonymous = [r for r in limits.rules if r.per == "address" and not r.addresses]
+    if limits.rules and not anonymous:
+        yield Finding(
+            "rate_limits.anonymous_unlimited",
+            Severity.LOW,
+            "no rate limit applies to anonymous callers",
+            where("rate_limits.rules"),
+            "Rules per subject or API key apply to authenticated callers only: anonymous requests"
+            " and requests with refused credentials are never limited.",
+            "Add a rule with per: address (and no addresses) to limit every caller by address.",
         )

@@ -1,22 +1,23 @@
 """Blocklist: addresses and subjects refused for a while after a security event (a Guard).
 
 Blocks expire after the configured TTL; the allowlist (CIDRs for addresses, exact subjects) is
-never blocked; at most ``max_entries`` blocks are held (the one closest to expiry goes first).
-A blocked request is answered 429 with Retry-After, or 403 when so configured.
+never blocked. A blocked request is answered 429 with Retry-After, or 403 when so configured.
+Blocks are kept in a rate-limit Store (ext_authz/ratelimit/): in this process by default (at
+most ``max_entries``, the one closest to expiry goes first), or in Redis when the rate limits
+use Redis, so a block one replica makes holds on every replica.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ext_authz.errors import BlockedError
 from ext_authz.models import AuthRequest, Identity
+from ext_authz.ratelimit.store import LocalStore, Store
 from ext_authz.settings import BlockSettings
 from ext_authz.signals.events import KeyType
 
@@ -47,23 +48,24 @@ def _split_allowlist(allowlist: tuple[str, ...]) -> tuple[tuple[_Network, ...], 
     return tuple(networks), frozenset(subjects)
 
 
+def _store_key(key_type: KeyType, key: str) -> str:
+    return f"block:{key_type.value}:{key}"
+
+
 class Blocklist:
-    """Blocks keyed by (KeyType.ADDRESS, address) or (KeyType.SUBJECT, subject)."""
+    """Blocks keyed by (KeyType.ADDRESS, address) or (KeyType.SUBJECT, subject), in ``store``
+    (default: a LocalStore of ``max_entries`` blocks)."""
 
     def __init__(
         self,
         settings: BlockSettings,
         max_entries: int,
         clock: Callable[[], float] = time.monotonic,
+        store: Store | None = None,
     ) -> None:
         self._settings = settings
-        self._max_entries = max_entries
-        self._clock = clock
+        self._store = store if store is not None else LocalStore(max_entries, clock=clock)
         self._networks, self._subjects = _split_allowlist(settings.allowlist)
-        # (key type, key) -> (expires at, reason); every block has the same TTL, so insertion
-        # order (a renewed block moves to the end) is expiry order.
-        self._blocks: OrderedDict[tuple[KeyType, str], tuple[float, str]] = OrderedDict()
-        self._lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -87,50 +89,31 @@ class Blocklist:
             or self.allowlisted(key_type, key)
         ):
             return None
-        now = self._clock()
-        with self._lock:
-            self._prune(now)
-            self._blocks[(key_type, key)] = (now + self._settings.ttl, reason)
-            self._blocks.move_to_end((key_type, key))
-            if len(self._blocks) > self._max_entries:
-                self._blocks.popitem(last=False)
+        self._store.block(_store_key(key_type, key), self._settings.ttl, reason)
         return self._settings.ttl
 
     def check(self, identity: Identity, request: AuthRequest) -> None:
         """The Guard: raises BlockedError while the address or the (authenticated) subject is
         blocked."""
-        if not self._blocks:  # the common case, without taking the lock
+        if not self.enabled:  # nothing is ever blocked: no store to ask
             return
-        now = self._clock()
-        with self._lock:
-            self._prune(now)
-            remaining = self._remaining((KeyType.ADDRESS, request.source_address), now)
-            what = "address"
-            if remaining is None and identity.authenticated:
-                remaining = self._remaining((KeyType.SUBJECT, identity.subject), now)
-                what = "identity"
-        if remaining is not None:
-            seconds = max(1, math.ceil(remaining))
-            raise BlockedError(
-                f"this {what} is blocked after suspicious activity; retry in {seconds} seconds",
-                retry_after=seconds,
-                forbid=self._settings.status == 403,
-            )
+        keys = [_store_key(KeyType.ADDRESS, request.source_address)]
+        if identity.authenticated:
+            keys.append(_store_key(KeyType.SUBJECT, identity.subject))
+        found = self._store.blocked(keys)
+        for what, remaining in zip(("address", "identity"), found, strict=False):
+            if remaining is not None:
+                seconds = max(1, math.ceil(remaining))
+                raise BlockedError(
+                    f"this {what} is blocked after suspicious activity; retry in {seconds} seconds",
+                    retry_after=seconds,
+                    forbid=self._settings.status == 403,
+                )
 
     def current_blocks(self) -> list[Block]:
         """The blocks in force, the one expiring first first (for the live view)."""
-        now = self._clock()
-        with self._lock:
-            self._prune(now)
-            return [
-                Block(key_type, key, reason, expires - now)
-                for (key_type, key), (expires, reason) in self._blocks.items()
-            ]
-
-    def _remaining(self, key: tuple[KeyType, str], now: float) -> float | None:
-        entry = self._blocks.get(key)
-        return None if entry is None else entry[0] - now
-
-    def _prune(self, now: float) -> None:
-        while self._blocks and next(iter(self._blocks.values()))[0] <= now:
-            self._blocks.popitem(last=False)
+        blocks = []
+        for stored in self._store.blocks():
+            _, key_type, key = stored.key.split(":", 2)
+            blocks.append(Block(KeyType(key_type), key, stored.reason, stored.remaining_s))
+        return blocks

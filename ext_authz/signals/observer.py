@@ -37,6 +37,7 @@ from ext_authz.errors import (
 )
 from ext_authz.identity.claims import load_json_strictly, subject_of
 from ext_authz.models import AuthRequest, Decision, Outcome
+from ext_authz.ratelimit.store import Store
 from ext_authz.settings import SecuritySettings
 from ext_authz.signals.blocklist import Blocklist
 from ext_authz.signals.detectors import CountDetector, Crossing, DistinctDetector, SpikeDetector
@@ -85,7 +86,8 @@ class SecuritySignals:
 
     ``subject_claims`` maps each token issuer to its subject claim, so that refused but verified
     tokens (expired, revoked) are attributed to the subject the identity phase would have named.
-    ``blocklist`` is the Guard to put in the pipeline; ``start``/``stop`` run the webhook worker.
+    ``blocklist`` is the Guard to put in the pipeline, keeping its blocks in ``store`` (the rate
+    limits' store; default: its own LocalStore); ``start``/``stop`` run the webhook worker.
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class SecuritySignals:
         clock: Callable[[], float] = time.monotonic,
         *,
         subject_claims: Mapping[str, str] | None = None,
+        store: Store | None = None,
     ) -> None:
         keys = settings.max_tracked_keys
         self._clock = clock
@@ -103,7 +106,7 @@ class SecuritySignals:
         self._spike = SpikeDetector(settings.deny_spike, clock())
         self._theft = DistinctDetector(settings.addresses_per_subject, keys)
         self._scanning = DistinctDetector(settings.denied_paths_per_source, keys)
-        self.blocklist = Blocklist(settings.block, keys, clock)
+        self.blocklist = Blocklist(settings.block, keys, clock, store)
         self.webhook = WebhookSink(settings.webhook) if settings.webhook is not None else None
         self._callbacks: tuple[EventCallback, ...] = ()
         self._subscribe_lock = threading.Lock()

@@ -10,9 +10,10 @@ from harness import Client, start_stack
 from ext_authz.demo.issuer import mint_demo_token
 from ext_authz.demo.stack import DemoStack
 
-# The demo's settings, but no automatic blocking: the suites send many bad credentials from
-# 127.0.0.1, which the demo would block (test_signals.py runs its own stack to test blocking).
-SESSION_SETTINGS = {"security": {"block": {"enabled": False}}}
+# The demo's settings, but no automatic blocking and no rate limits: the suites send many bad
+# credentials and requests from 127.0.0.1, which the demo would block or limit (test_signals.py
+# and test_ratelimit_e2e.py run their own stacks to test those).
+SESSION_SETTINGS = {"security": {"block": {"enabled": False}}, "rate_limits": {"rules": []}}
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,8 @@ SETTINGS = {
         "denied_paths_per_source": {"threshold": 5, "window": 10},
         "deny_spike": {"window": 2, "baseline": 30, "factor": 3, "min_denials": 25},
         "block": {"enabled": True, "ttl": TTL, "status": 429, "allowlist": ["127.0.0.1"]},
-    }
+    },
+    "rate_limits": {"rules": []},  # the attacks here are about blocks, not rate limits
 }
 EVENT_TIMEOUT = 5.0
 

@@ -347,3 +347,31 @@ def test_jwt_is_refused_when_only_introspection_is_configured(
     assert (decision.outcome, decision.reason_code) == (Outcome.UNAUTHENTICATED, "invalid_token")
     assert "no JWT issuers" in decision.message
     assert idp.requests == 0
+
+
+# --- rate limits ------------------------------------------------------------------------------
+
+ANONYMOUS_LIMIT = {"rules": [{"name": "anonymous", "per": "address", "rate": 1, "burst": 2}]}
+
+
+def test_rate_limits_refuse_anonymous_callers_by_address(make_runtime) -> None:
+    runtime = make_runtime(rate_limits=ANONYMOUS_LIMIT)
+    outcomes = [check(runtime, request("/public/hello"))[0].outcome for _ in range(3)]
+    assert outcomes == [Outcome.ALLOW, Outcome.ALLOW, Outcome.LIMITED]
+    decision, response = check(runtime, request("/public/hello"))
+    assert decision.reason_code == "rate_limited"
+    assert response.denied_response.status.code == 429
+
+
+def test_refused_credentials_use_up_the_address_bucket_too(make_runtime) -> None:
+    runtime = make_runtime(rate_limits=ANONYMOUS_LIMIT)
+    bad = request("/api/books", headers={"authorization": "Bearer not-a-token"})
+    outcomes = [check(runtime, bad)[0].outcome for _ in range(3)]
+    assert outcomes == [Outcome.UNAUTHENTICATED, Outcome.UNAUTHENTICATED, Outcome.LIMITED]
+
+
+def test_replicas_built_on_one_redis_share_buckets(make_runtime, redis_server) -> None:
+    shared = {**ANONYMOUS_LIMIT, "backend": "redis", "redis": {"url": redis_server.url}}
+    one, two = make_runtime(rate_limits=shared), make_runtime(rate_limits=shared)
+    outcomes = [check(runtime, request("/public/hello"))[0].outcome for runtime in (one, two, one)]
+    assert outcomes == [Outcome.ALLOW, Outcome.ALLOW, Outcome.LIMITED]
