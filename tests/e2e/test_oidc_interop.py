@@ -126,7 +126,9 @@ def _settings(idp: OidcProvider, state: Path, **introspection: Any) -> dict[str,
             }
         },
         "policy": {"policy": str(state / "interop-policy.csv")},
-        "security": {"block": {"enabled": False}},  # the flood comes from 127.0.0.1
+        # The flood comes from 127.0.0.1: neither blocked nor rate limited here.
+        "security": {"block": {"enabled": False}},
+        "rate_limits": {"rules": []},
     }
 
 
