@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ext_authz.errors import RateLimitedError
 from ext_authz.models import AuthRequest, Identity, Quota
 from ext_authz.ratelimit.rules import LimitRule, select
@@ -11,8 +13,12 @@ __all__ = ["RateLimiter"]
 
 
 def _quota(rule: LimitRule, remaining: int, reset_s: int) -> Quota:
+    # The draft's policy is `q` units per `w` seconds and `r` counts down from `q`. For a token
+    # bucket that is the burst over the time an empty bucket takes to fill (rounded up, so the
+    # advertised rate is never above the real one); `rate` per `period` would let `r` exceed `q`.
     settings = rule.settings
-    return Quota(rule.name, settings.rate, settings.period, remaining, reset_s)
+    window = math.ceil(settings.burst * settings.period / settings.rate)
+    return Quota(rule.name, settings.burst, window, remaining, reset_s)
 
 
 class RateLimiter:

@@ -35,7 +35,7 @@ def served(*stacks: DemoStack) -> int:
     return sum(stack.upstream_requests for stack in stacks)
 
 
-def assert_limited(reply: Reply, policy: str = '"public";q=1;w=2') -> None:
+def assert_limited(reply: Reply, policy: str = '"public";q=3;w=6') -> None:
     assert reply.status == 429, reply.body
     assert reply.json()["reason"] == "rate_limited"
     retry_after = int(reply.headers["retry-after"])
@@ -63,7 +63,7 @@ def test_a_burst_over_the_limit_is_refused_before_the_upstream(local_stack: Demo
         '"public";r=1;t=4',
         '"public";r=0;t=6',
     ]
-    assert replies[0].headers["ratelimit-policy"] == '"public";q=1;w=2'
+    assert replies[0].headers["ratelimit-policy"] == '"public";q=3;w=6'
     for reply in replies[3:]:
         assert_limited(reply)
     # Another address, and routes without a limit, are not affected.
@@ -136,7 +136,7 @@ def test_two_replicas_sharing_redis_enforce_one_limit(
     statuses = [client.get("/public/hello").status for _ in range(3) for client in (one, two)]
     assert statuses == [200, 200, 200, 429, 429, 429]  # 3 in all, not 3 each
     assert served(*replicas) == before + 3
-    assert_limited(one.get("/public/hello"), '"public";q=1;w=30')
+    assert_limited(one.get("/public/hello"), '"public";q=3;w=90')
 
 
 def test_a_block_made_by_one_replica_holds_on_the_other(
@@ -199,10 +199,10 @@ def test_the_demo_limits_writes_as_the_readme_says(tmp_path) -> None:
         editor = mint_demo_token(demo.state_dir, "erin", ["editor"])
         replies = [client.send("POST", "/api/books", token=editor) for _ in range(7)]
         assert [reply.status for reply in replies] == [200] * 5 + [429] * 2
-        assert replies[0].headers["ratelimit-policy"] == '"writes";q=30;w=60'
+        assert replies[0].headers["ratelimit-policy"] == '"writes";q=5;w=10'
         assert replies[-1].json()["reason"] == "rate_limited"
         read = client.get("/api/books", token=editor)
         assert read.status == 200
-        assert read.headers["ratelimit-policy"] == '"users";q=20;w=1'
+        assert read.headers["ratelimit-policy"] == '"users";q=40;w=2'
     finally:
         demo.stop()

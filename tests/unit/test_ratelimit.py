@@ -269,7 +269,7 @@ def test_over_the_limit_is_a_429_with_retry_after_and_ratelimit_headers() -> Non
     assert response.denied_response.status.code == 429
     headers = header_map(response.denied_response.headers)
     assert headers["retry-after"] == "1"
-    assert headers["ratelimit-policy"] == '"anonymous";q=2;w=1'
+    assert headers["ratelimit-policy"] == '"anonymous";q=3;w=2'
     assert headers["ratelimit"] == '"anonymous";r=0;t=1'
     assert json.loads(response.denied_response.body)["reason"] == "rate_limited"
 
@@ -281,7 +281,7 @@ def test_allowed_responses_carry_the_remaining_quota_when_configured() -> None:
     response = to_check_response(decision, request(), HeaderSettings())
     headers = header_map(response.ok_response.response_headers_to_add)
     assert headers == {
-        "ratelimit-policy": '"anonymous";q=2;w=1',
+        "ratelimit-policy": '"anonymous";q=3;w=2',
         "ratelimit": '"anonymous";r=2;t=1',
     }
     assert limiter(headers_on_allow=False).check(ANONYMOUS, request()) is None
