@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-import click
+import os
+
+# Before any grpc import: gRPC's fork handlers can deadlock a fork made while its threads run
+# (grpc/grpc#37259; seen here as a hang when the demo started Envoy with Popen(preexec_fn) during
+# health checks). Every fork this program makes is followed by exec, so it needs no fork support.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import click  # noqa: E402
 
 from ext_authz import __version__
 from ext_authz.cli.apikey import apikey
