@@ -54,12 +54,17 @@ def _report_serving_when_ready(
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
 
 
-def build_server(settings: Settings, runtime: Runtime) -> RunningServer:
-    """A started server; health reports SERVING once ``runtime`` has all its keys."""
+def build_server(
+    settings: Settings, runtime: Runtime, *, reuse_port: bool = False
+) -> RunningServer:
+    """A started server; health reports SERVING once ``runtime`` has all its keys.
+
+    ``reuse_port`` shares the port with the other `serve --workers` processes; otherwise a
+    second server on the port is an error, not a silent stale neighbour.
+    """
     server = grpc.server(
         ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="check"),
-        # Without this a second server could silently share the port with a stale one.
-        options=[("grpc.so_reuseport", 0)],
+        options=[("grpc.so_reuseport", int(reuse_port))],
     )
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
         AuthorizationServicer(lambda: runtime), server
@@ -89,7 +94,7 @@ def build_server(settings: Settings, runtime: Runtime) -> RunningServer:
     return RunningServer(server, health_servicer, port, stopping)
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     """Run until SIGTERM or SIGINT, then drain in-flight checks and return 0."""
     runtime = build_runtime(settings)
     stopping = threading.Event()
@@ -100,7 +105,7 @@ def serve(settings: Settings) -> int:
     runtime.start()
     try:
         _wait_for_keys(settings, runtime, stopping)
-        running = build_server(settings, runtime)
+        running = build_server(settings, runtime, reuse_port=reuse_port)
         host = settings.listen.rsplit(":", 1)[0]
         log.info("serving ext_authz on %s:%s", host, running.port)
         stopping.wait()
