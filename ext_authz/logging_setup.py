@@ -23,6 +23,10 @@ class _WorkerField(logging.Filter):
 
 
 def configure_logging(level: str, worker: int | None = None) -> None:
+    # The JSON lines carry none of these; without them each record is cheaper to make.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     if worker is not None:
