@@ -51,11 +51,13 @@ def render(
     state_dir: Path,
     *,
     tracing: bool = False,
+    sampling: float | None = None,
     authz_max_streams: int | None = None,
 ) -> dict[str, Any]:
-    """The bootstrap for one scenario. ``authz_max_streams`` caps concurrent checks per HTTP/2
-    connection to the authz cluster, so Envoy opens more connections under load (that is what
-    spreads checks over `serve --workers` processes sharing one port)."""
+    """The bootstrap for one scenario. With ``tracing`` the shipped tracing section stays (its
+    random_sampling, or ``sampling`` percent). ``authz_max_streams`` caps concurrent checks per
+    HTTP/2 connection to the authz cluster, so Envoy opens more connections under load (that is
+    what spreads checks over `serve --workers` processes sharing one port)."""
     if filters not in SCENARIO_FILTERS:
         raise ValueError(f"unknown filters {filters!r}; one of {SCENARIO_FILTERS}")
     demo_ports = DemoPorts(https=ports.listen, admin=ports.admin, grpc=ports.authz, otlp=ports.otlp)
@@ -94,6 +96,8 @@ def render(
         hcm["http_filters"] = [shipped["envoy.filters.http.ext_authz"], router]
     if not tracing:
         hcm.pop("tracing", None)
+    elif sampling is not None:
+        hcm["tracing"]["random_sampling"] = {"value": sampling}
     clusters = {item["name"]: item for item in resources["clusters"]}
     kept = []
     if filters == "ext_authz":

@@ -65,9 +65,8 @@ def run_wrk(
             check=False,
         )
         if completed.returncode != 0 or not result.exists():
-            raise RuntimeError(
-                f"wrk failed ({completed.returncode}): {(completed.stdout + completed.stderr)[-800:]}"
-            )
+            output = (completed.stdout + completed.stderr)[-800:]
+            raise RuntimeError(f"wrk failed ({completed.returncode}): {output}")
         return parse_wrk(result.read_text())
 
 

@@ -10,6 +10,7 @@ Scenarios (Envoy runs with one worker; its one route is a direct response):
   c        Envoy + a hand-rolled ext_authz (python-jose + stock casbin.Enforcer per request)
   d        Envoy + ext-authz, the compose config, tracing on at the shipped sampling (100%)
   d-notrace  the same with tracing off
+  d-1pct   the same with Envoy sampling 1% of requests (ext-authz follows Envoy's decision)
   d-half / a-half  d and a at half of d's maximum rate (added p99 latency)
   d-w2     d with `serve --workers 2` (Envoy spreads checks over HTTP/2 connections)
   grpc-*   h2load straight to a Check server: the trivial always-allow servicer (sync and
@@ -52,7 +53,7 @@ from ext_authz.demo.stack import find_envoy
 
 # Checks Envoy may run at once on one HTTP/2 connection to the authz cluster before opening
 # another: more connections are what let SO_REUSEPORT spread them over workers.
-AUTHZ_MAX_STREAMS = 8
+AUTHZ_MAX_STREAMS = 4
 DIRECT_KINDS = ("books", "drafts", "public", "post_book")  # one h2load per CheckRequest
 
 
@@ -97,6 +98,9 @@ class Bench:
             argv += ["--workers", str(workers)]
         proc = procs.spawn(f"ext-authz-{port}", argv, self.workdir, env)
         procs.wait_until("ext-authz", lambda: _serving(port), proc)
+        # Health answers once one worker serves: wait for all, or the first connections all
+        # land on the first one.
+        procs.wait_until("ext-authz workers", lambda: _workers_serving(proc) >= workers, proc)
         return proc
 
     def baseline(self, kind: str, port: int, *extra: str) -> procs.Proc:
@@ -118,11 +122,21 @@ class Bench:
         return proc, port
 
     def envoy(
-        self, filters: str, authz: int = 0, otlp: int = 0, max_streams: int | None = None
+        self,
+        filters: str,
+        authz: int = 0,
+        otlp: int = 0,
+        max_streams: int | None = None,
+        sampling: float | None = None,
     ) -> tuple[procs.Proc, str]:
         ports = BenchPorts(procs.free_port(), procs.free_port(), authz, otlp)
         config = render(
-            filters, ports, self.state, tracing=bool(otlp), authz_max_streams=max_streams
+            filters,
+            ports,
+            self.state,
+            tracing=bool(otlp),
+            sampling=sampling,
+            authz_max_streams=max_streams,
         )
         path = self.workdir / f"envoy-{ports.listen}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -189,6 +203,12 @@ def _serving(port: int) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
+def _workers_serving(proc: procs.Proc) -> int:
+    lines = proc.log.read_text(errors="replace").splitlines()
+    serving = [line for line in lines if '"message":"serving ext_authz on' in line]
+    return len(serving) if len(serving) == 1 else sum('"worker"' in line for line in serving)
+
+
 def _http_ok(url: str) -> bool:
     with urllib.request.urlopen(url, timeout=1) as reply:  # noqa: S310 - loopback URL we built
         return bool(reply.status == 200)
@@ -237,6 +257,7 @@ def run(bench: Bench, only: set[str] | None) -> dict[str, Any]:
         authz: Callable[[int, int], procs.Proc] | None = None,
         *,
         tracing: bool = False,
+        sampling: float | None = None,
         max_streams: int | None = None,
         expected: Callable[[traffic.Request], int] = lambda r: r.expected,
         half_of: str | None = None,
@@ -255,7 +276,7 @@ def run(bench: Bench, only: set[str] | None) -> dict[str, Any]:
                 service = authz(port, otlp)
                 stack.callback(procs.stop, service)
                 roots["authz"] = service.pid
-            envoy, url = bench.envoy(filters, port, otlp, max_streams)
+            envoy, url = bench.envoy(filters, port, otlp, max_streams, sampling)
             stack.callback(procs.stop, envoy)
             roots["envoy"] = envoy.pid
             wrong = bench.verify(url, expected)
@@ -274,7 +295,7 @@ def run(bench: Bench, only: set[str] | None) -> dict[str, Any]:
         return lambda port, otlp: bench.ours(port, workers=workers, otlp=otlp)
 
     if wanted("a"):
-        envoy_run("a", "none")
+        envoy_run("a", "none", expected=lambda _: 200)
     if wanted("b"):
         envoy_run("b", "native", expected=_native_expected)
     if wanted("c"):
@@ -284,7 +305,9 @@ def run(bench: Bench, only: set[str] | None) -> dict[str, Any]:
     if wanted("d"):
         envoy_run("d", "ext_authz", ours(), tracing=True)
         envoy_run("d-half", "ext_authz", ours(), tracing=True, half_of="d")
-        envoy_run("a-half", "none", half_of="d")
+        envoy_run("a-half", "none", expected=lambda _: 200, half_of="d")
+    if wanted("d-1pct"):
+        envoy_run("d-1pct", "ext_authz", ours(), tracing=True, sampling=1)
     if wanted("d-w2"):
         envoy_run("d-w2", "ext_authz", ours(2), tracing=True, max_streams=AUTHZ_MAX_STREAMS)
     for name, start, clients in (
