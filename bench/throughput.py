@@ -12,6 +12,7 @@ Scenarios (Envoy runs with one worker; its one route is a direct response):
   d-notrace  the same with tracing off
   d-1pct   the same with Envoy sampling 1% of requests (ext-authz follows Envoy's decision)
   d-half / a-half  d and a at half of d's maximum rate (added p99 latency)
+  d-notrace-half   d-notrace at half of its maximum rate
   d-w2     d with `serve --workers 2` (Envoy spreads checks over HTTP/2 connections)
   grpc-*   h2load straight to a Check server: the trivial always-allow servicer (sync and
            grpc.aio), the hand-rolled one, and ext-authz with 1 and 2 workers
@@ -225,6 +226,11 @@ def _row(
     row: dict[str, Any] = dict(figures)
     row["cpu_percent"] = {name: round(100 * cpu / seconds) for name, cpu in usage.cpu.items()}
     row["cpu_percent"]["loader"] = round(100 * loader_cpu / seconds)
+    if "authz" in usage.cpu and figures["rps"]:
+        # the service's CPU per request (all its processes), at the measured rate
+        row["authz_cpu_us_per_request"] = round(
+            usage.cpu["authz"] / (figures["rps"] * seconds) * 1e6
+        )
     row["cpu_percent_by_pid"] = {
         name: {str(pid): round(100 * cpu / seconds) for pid, cpu in by_pid.items()}
         for name, by_pid in usage.cpu_by_pid.items()
@@ -302,6 +308,7 @@ def run(bench: Bench, only: set[str] | None) -> dict[str, Any]:
         envoy_run("c", "ext_authz", lambda port, _: bench.baseline("naive", port))
     if wanted("d-notrace"):
         envoy_run("d-notrace", "ext_authz", ours())
+        envoy_run("d-notrace-half", "ext_authz", ours(), half_of="d-notrace")
     if wanted("d"):
         envoy_run("d", "ext_authz", ours(), tracing=True)
         envoy_run("d-half", "ext_authz", ours(), tracing=True, half_of="d")
