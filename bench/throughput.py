@@ -31,6 +31,7 @@ import json
 import os
 import random
 import resource
+import signal
 import sys
 import tempfile
 import time
@@ -362,6 +363,8 @@ def main() -> int:
         print(f"missing: {', '.join(missing)}; {loadgen.INSTALL_HINT}", file=sys.stderr)
         return 2
     only = set(args.only.split(",")) if args.only else None
+    # SIGTERM unwinds like Ctrl-C, so every process the harness started is stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="ext-authz-bench-") as tmp:
         bench = Bench(Path(tmp), args.duration, args.connections, args.seed)
