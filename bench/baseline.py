@@ -137,9 +137,8 @@ class NaiveServicer(external_auth_pb2_grpc.AuthorizationServicer):
         return _denied(403, code_pb2.PERMISSION_DENIED, "access_denied")
 
 
-def _serve_sync(servicer: Any, port: int, threads: int) -> None:
-    server = grpc.server(ThreadPoolExecutor(max_workers=threads))
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)
+def serve_until_signalled(server: grpc.Server, port: int) -> None:
+    """Serve on 127.0.0.1:``port``, print ``ready``, and stop on SIGTERM or SIGINT."""
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     stop = threading.Event()
@@ -148,6 +147,12 @@ def _serve_sync(servicer: Any, port: int, threads: int) -> None:
     print("ready", flush=True)
     stop.wait()
     server.stop(1).wait()
+
+
+def _serve_sync(servicer: Any, port: int, threads: int) -> None:
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads))
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)
+    serve_until_signalled(server, port)
 
 
 async def _serve_aio(port: int) -> None:

@@ -9,12 +9,13 @@ Prints ``ready``; on SIGTERM prints ``exports=N bytes=M`` and exits.
 from __future__ import annotations
 
 import argparse
-import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+
+from bench.baseline import serve_until_signalled
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
@@ -36,14 +37,7 @@ def main() -> None:
         SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(export)}
     )
     server = grpc.server(ThreadPoolExecutor(max_workers=2), handlers=[handler])
-    server.add_insecure_port(f"127.0.0.1:{args.port}")
-    server.start()
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    print("ready", flush=True)
-    stop.wait()
-    server.stop(0)
+    serve_until_signalled(server, args.port)
     print(f"exports={totals['exports']} bytes={totals['bytes']}", flush=True)
 
 
