@@ -15,6 +15,7 @@ LABELS = {
     "a-half": "(a) at the same rate",
     "d-notrace-half": "(d) tracing off, at half of its max rate",
     "d-w2": "(d) with serve --workers 2",
+    "d-notrace-w2-uncapped": "(d) tracing off, 2 workers, Envoy's default streams per connection",
     "d-notrace-w2": "(d) tracing off, serve --workers 2",
     "d-notrace-w2-half": "(d) tracing off, 2 workers, at the rate of the half-rate row",
     "grpc-trivial": "gRPC: trivial allow (sync)",

@@ -14,7 +14,8 @@ Scenarios (Envoy runs with one worker; its one route is a direct response):
   d-half / a-half  d and a at half of d's maximum rate (added p99 latency)
   d-notrace-half   d-notrace at half of its maximum rate
   d-w2     d with `serve --workers 2` (Envoy spreads checks over HTTP/2 connections)
-  d-notrace-w2 (-half)  d-notrace with 2 workers (and at d-notrace-half's rate)
+  d-notrace-w2 (-half)  d-notrace with 2 workers (and at d-notrace-half's rate); -uncapped
+           without the cap on streams per connection (how many checks each worker gets)
   grpc-*   h2load straight to a Check server: the trivial always-allow servicer (sync and
            grpc.aio), the hand-rolled one, and ext-authz with 1 and 2 workers
 
@@ -320,6 +321,8 @@ def run(bench: Bench, only: set[str] | None) -> dict[str, Any]:
     if wanted("d-w2"):
         envoy_run("d-w2", "ext_authz", ours(2), tracing=True, max_streams=AUTHZ_MAX_STREAMS)
     if wanted("d-notrace-w2"):
+        # Without the stream cap Envoy keeps one connection: one worker gets every check.
+        envoy_run("d-notrace-w2-uncapped", "ext_authz", ours(2))
         envoy_run("d-notrace-w2", "ext_authz", ours(2), max_streams=AUTHZ_MAX_STREAMS)
         if "d-notrace" in results:  # at the rate of d-notrace-half, to compare the two
             envoy_run(
