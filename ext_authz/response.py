@@ -39,6 +39,13 @@ def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
+# Built once: every denial carries them (the response copies them in).
+_DENY_HEADERS = (
+    _header("content-type", "application/json"),
+    _header("cache-control", "no-store"),
+)
+
+
 def _quoted(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -58,13 +65,10 @@ def _quota_headers(decision: Decision) -> list[base_pb2.HeaderValueOption]:
 
 def _metadata(decision: Decision) -> struct_pb2.Struct:
     metadata = struct_pb2.Struct()
-    metadata.update(
-        {
-            "decision_id": decision.decision_id,
-            "decision": decision.outcome.value,
-            "reason_code": decision.reason_code,
-        }
-    )
+    fields = metadata.fields  # set in place: Struct.update() costs twice as much per Check
+    fields["decision_id"].string_value = decision.decision_id
+    fields["decision"].string_value = decision.outcome.value
+    fields["reason_code"].string_value = decision.reason_code
     return metadata
 
 
@@ -102,10 +106,7 @@ def _deny(decision: Decision) -> external_auth_pb2.DeniedHttpResponse:
         "message": decision.message,
         "request_id": decision.request_id,
     }
-    response_headers = [
-        _header("content-type", "application/json"),
-        _header("cache-control", "no-store"),
-    ]
+    response_headers = list(_DENY_HEADERS)
     if decision.outcome is Outcome.UNAUTHENTICATED:
         response_headers.append(_header("www-authenticate", _www_authenticate(decision)))
     if decision.retry_after is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 from opentelemetry import trace
@@ -53,13 +54,13 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         self._tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
 
     def Check(
-        self, request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext | None
+        self,
+        request: external_auth_pb2.CheckRequest,
+        context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any] | None,
     ) -> external_auth_pb2.CheckResponse:
         started = time.perf_counter()
-        parent = extract_parent(
-            context.invocation_metadata() if context is not None else (),
-            request.attributes.request.http.headers,
-        )
+        metadata = context.invocation_metadata() if context is not None else None
+        parent = extract_parent(tuple(metadata or ()), request.attributes.request.http.headers)
         with check_span(self._tracer, parent, {ATTR_REQUEST_ID: request_id_of(request)}) as span:
             auth_request: AuthRequest | None = None
             observers: Sequence[DecisionObserver] = _LOG_ONLY

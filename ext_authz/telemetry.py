@@ -109,6 +109,9 @@ ATTR_CACHE_HIT: Final = "ext_authz.token_cache.hit"
 # Extraction runs every propagator in order, a later one overriding an earlier one: with both
 # present, W3C tracecontext wins over B3. B3MultiFormat reads the single `b3` header too.
 _PROPAGATOR: Final = CompositePropagator([B3MultiFormat(), TraceContextTextMapPropagator()])
+# Without one of these (lowercase, as gRPC metadata and Envoy's header map have them) neither
+# propagator can find a trace context.
+_CONTEXT_KEYS: Final = ("traceparent", "b3", "x-b3-traceid")
 
 # The tracer of the Check being handled, for the pipeline's phase spans (see check_span).
 _TRACER_KEY: Final = create_key("ext_authz.tracer")
@@ -125,10 +128,16 @@ def extract_parent(
     """The caller's trace context: from the gRPC ``metadata`` when it carries one, else from the
     checked request's ``headers``; an empty Context (a new trace) when neither does."""
     carrier = {key: value for key, value in metadata if isinstance(value, str)}
-    context = _PROPAGATOR.extract(carrier)
-    if trace.get_current_span(context).get_span_context().is_valid:
-        return context
-    return _PROPAGATOR.extract(headers)
+    if _carries_context(carrier):
+        context = _PROPAGATOR.extract(carrier)
+        if trace.get_current_span(context).get_span_context().is_valid:
+            return context
+    # Most requests carry no trace context: skip running the propagators on every Check.
+    return _PROPAGATOR.extract(headers) if _carries_context(headers) else Context()
+
+
+def _carries_context(carrier: Mapping[str, object]) -> bool:
+    return any(key in carrier for key in _CONTEXT_KEYS)
 
 
 @contextmanager

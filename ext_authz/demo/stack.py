@@ -4,11 +4,9 @@ together. `ext-authz demo` runs it; the end-to-end tests use it too.
 
 from __future__ import annotations
 
-import ctypes
 import http.client
 import os
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -29,23 +27,11 @@ from ext_authz.demo.issuer import service_settings
 from ext_authz.demo.keys import DemoKeys, ensure_demo_keys
 from ext_authz.demo.upstream import EchoUpstream
 from ext_authz.errors import StartupError
+from ext_authz.workers import die_with_parent
 
 __all__ = ["DemoStack", "find_envoy", "prepare_state"]
 
 STOP_TIMEOUT_S = 10.0
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A pre-exec hook (Linux) so a child gets SIGTERM if the demo itself is killed."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: the hook only calls
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-    return hook
 
 
 def find_envoy() -> Path:
@@ -183,7 +169,7 @@ class DemoStack:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
-            preexec_fn=_die_with_parent(),  # noqa: PLW1509
+            preexec_fn=die_with_parent(),  # noqa: PLW1509
         )
 
     def _service_serving(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -210,7 +211,8 @@ def test_stop_reports_not_serving(settings: Settings) -> None:
     running.stop(0)
 
     for service in ("", AUTHORIZATION_SERVICE):
-        response = running.health.Check(health_pb2.HealthCheckRequest(service=service), None)
+        check = running.health.Check(health_pb2.HealthCheckRequest(service=service), None)
+        response = asyncio.run(check)  # the asyncio health servicer
         assert response.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
