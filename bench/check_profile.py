@@ -26,9 +26,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from bench import procs, traffic
-from ext_authz.assets import bundled_path
+from bench.service_config import service_config
 from ext_authz.demo.credentials import ensure_demo_credentials
-from ext_authz.demo.issuer import service_settings
 from ext_authz.demo.keys import ensure_demo_keys
 from ext_authz.logging_setup import configure_logging
 from ext_authz.runtime import Runtime, build_runtime
@@ -63,8 +62,7 @@ def main() -> int:
         state = Path(tmp)
         ensure_demo_keys(state)
         ensure_demo_credentials(state)
-        settings = service_settings(state, bundled_path("policies"), 0, procs.free_port())
-        settings.pop("security")
+        settings = service_config(state, 0, procs.free_port())
         (state / "config.yaml").write_text(yaml.safe_dump(settings))
         # Decision log lines go where the service's stderr would; here nowhere.
         sys.stderr = open(state / "stderr.log", "w")  # noqa: SIM115 - for the whole run

@@ -49,9 +49,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import loadgen, procs, report, traffic
 from bench.envoy_scenarios import BenchPorts, render
-from ext_authz.assets import bundled_path
+from bench.service_config import service_config
 from ext_authz.demo.credentials import ensure_demo_credentials
-from ext_authz.demo.issuer import service_settings
 from ext_authz.demo.keys import ensure_demo_keys
 from ext_authz.demo.stack import find_envoy
 
@@ -85,8 +84,7 @@ class Bench:
     # -- processes -------------------------------------------------------------------------
 
     def ours(self, port: int, *, workers: int = 1, otlp: int = 0) -> procs.Proc:
-        settings = service_settings(self.state, bundled_path("policies"), port, procs.free_port())
-        settings.pop("security")  # the demo's scripted-attack thresholds; the defaults apply
+        settings = service_config(self.state, port, procs.free_port())
         config = self.workdir / f"ext-authz-{port}.yaml"
         config.write_text(yaml.safe_dump(settings))
         env = {**os.environ, "OTEL_SERVICE_NAME": "ext-authz"}

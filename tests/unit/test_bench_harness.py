@@ -19,8 +19,8 @@ sys.path.insert(0, str(ROOT))  # bench/ sits beside the package, it is not insta
 from bench import loadgen, traffic  # noqa: E402
 from bench.baseline import NaiveServicer  # noqa: E402
 from bench.envoy_scenarios import BenchPorts, render  # noqa: E402
+from bench.service_config import service_config  # noqa: E402
 from ext_authz.demo.credentials import ensure_demo_credentials  # noqa: E402
-from ext_authz.demo.issuer import service_settings  # noqa: E402
 from ext_authz.demo.keys import ensure_demo_keys  # noqa: E402
 from ext_authz.demo.stack import find_envoy  # noqa: E402
 from ext_authz.runtime import build_runtime  # noqa: E402
@@ -79,8 +79,7 @@ def test_scenario_configs_are_accepted_by_envoy(
 def test_the_mix_expects_what_ext_authz_answers(
     state: Path, requests: list[traffic.Request], tmp_path: Path
 ) -> None:
-    settings = service_settings(state, ROOT / "policies", 0, 0)
-    settings.pop("security")
+    settings = service_config(state, 0, 0)
     settings.pop("admin")
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(settings))
