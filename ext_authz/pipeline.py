@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
 from opentelemetry import trace
-from opentelemetry.trace import Span, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Span, StatusCode
 
 from ext_authz.credentials import Credential, CredentialExtractor, CredentialKind
 from ext_authz.errors import (
@@ -87,27 +87,24 @@ def refusal(
 
 
 class _NoPhaseSpan(AbstractContextManager[Span]):
-    """Tracing off, unsampled, or no Check: no child span (the current one's setters do
-    nothing). A plain object, not a generator: this runs several times per Check."""
+    """Tracing off, unsampled, or no Check: no child span, and setters that do nothing. A plain
+    shared object, not a generator: this runs several times per Check."""
 
-    __slots__ = ("_span",)
-
-    def __init__(self, span: Span) -> None:
-        self._span = span
+    __slots__ = ()
 
     def __enter__(self) -> Span:
-        return self._span
+        return INVALID_SPAN
 
     def __exit__(self, *_: object) -> None:
         return None
 
 
-def _phase(name: str) -> AbstractContextManager[Span]:
-    """A child span for one phase (see _phase_span)."""
-    current = trace.get_current_span()
-    if not current.is_recording():
-        return _NoPhaseSpan(current)
-    return _phase_span(name)
+_NO_PHASE_SPAN = _NoPhaseSpan()
+
+
+def _phase(name: str, recording: bool) -> AbstractContextManager[Span]:
+    """A child span for one phase (see _phase_span) when the Check's span is ``recording``."""
+    return _phase_span(name) if recording else _NO_PHASE_SPAN
 
 
 @contextmanager
@@ -149,16 +146,18 @@ class AuthPipeline:
         """Decide ``request``, with a child span per phase that runs (see telemetry.py)."""
         decision_id = new_decision_id()
         identity = ANONYMOUS
+        # Phase spans only under a recording Check span: asked once, not once per phase.
+        recording = trace.get_current_span().is_recording()
         try:
             try:
-                identity = self._identify(request)
+                identity = self._identify(request, recording)
             except AuthenticationError:
                 # A blocked address stays blocked however bad its credentials: a credential
                 # stuffer keeps getting 429s, not a fresh 401 per guess.
-                self._guard(ANONYMOUS, request)
+                self._guard(ANONYMOUS, request, recording)
                 raise
-            quota = self._guard(identity, request)
-            with _phase(SPAN_AUTHORIZATION) as span:
+            quota = self._guard(identity, request, recording)
+            with _phase(SPAN_AUTHORIZATION, recording) as span:
                 result = self._engine.decide(identity, request)
                 if result.matched_rule is not None:
                     span.set_attribute(ATTR_RULE, result.matched_rule)
@@ -183,22 +182,22 @@ class AuthPipeline:
             quota=quota if outcome is Outcome.ALLOW else None,
         )
 
-    def _identify(self, request: AuthRequest) -> Identity:
-        with _phase(SPAN_CREDENTIALS) as span:
+    def _identify(self, request: AuthRequest, recording: bool) -> Identity:
+        with _phase(SPAN_CREDENTIALS, recording) as span:
             credential = self._credentials.extract(request)
             if credential is None:
                 return ANONYMOUS
             span.set_attribute(ATTR_CREDENTIAL_SOURCE, credential.source)
-        with _phase(SPAN_IDENTITY) as span:
+        with _phase(SPAN_IDENTITY, recording) as span:
             identity = self._authenticate(credential)
             span.set_attributes({ATTR_PROVIDER: identity.issuer, ATTR_AUTH_METHOD: identity.method})
         return identity
 
-    def _guard(self, identity: Identity, request: AuthRequest) -> Quota | None:
+    def _guard(self, identity: Identity, request: AuthRequest, recording: bool) -> Quota | None:
         """Run every guard; the last Quota one returned (the rate limiter runs last)."""
         quota = None
         if self._guards:
-            with _phase(SPAN_GUARDS):
+            with _phase(SPAN_GUARDS, recording):
                 for guard in self._guards:
                     quota = guard.check(identity, request) or quota
         return quota

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 from google.protobuf import struct_pb2
@@ -72,29 +73,49 @@ def _metadata(decision: Decision) -> struct_pb2.Struct:
     return metadata
 
 
-def _allow(
+def _allow_base(
     decision: Decision,
     request: AuthRequest,
     headers: HeaderSettings,
     credential_headers: tuple[str, ...],
     credential_query: tuple[str, ...],
 ) -> external_auth_pb2.OkHttpResponse:
-    identity = decision.identity
-    to_set = {headers.subject: identity.subject}
-    if identity.roles:
-        to_set[headers.roles] = ",".join(identity.roles)
+    """The allow's headers and removals, shared by every request alike: never mutate it."""
     # Every client copy of a header we own goes, even where we set nothing: never both set and
     # remove one header in a response (Envoy then drops it).
-    owned = {headers.subject, headers.roles}
-    owned.update(name for name in request.headers if name.startswith(headers.owned_prefix))
-    # Credentials the upstream has no use for (API keys, tokens in the query) never reach it.
-    owned.update(credential_headers)
+    spoofed = tuple(name for name in request.headers if name.startswith(headers.owned_prefix))
+    query = {name for name, _ in request.query} if request.query else ()
+    ok = _ok_response(
+        headers.subject,
+        headers.roles,
+        decision.identity.subject,
+        decision.identity.roles,
+        # Credentials the upstream has no use for (API keys, tokens in the query) never reach it.
+        (*spoofed, *credential_headers),
+        tuple(name for name in credential_query if name in query),
+    )
+    return ok
+
+
+@functools.lru_cache(maxsize=4096)
+def _ok_response(
+    subject_header: str,
+    roles_header: str,
+    subject: str,
+    roles: tuple[str, ...],
+    removed: tuple[str, ...],
+    query_removed: tuple[str, ...],
+) -> external_auth_pb2.OkHttpResponse:
+    """The identity headers and removals of an allow: the same for every request of one caller
+    (that sends the same headers), so built once per caller and shared (never mutated)."""
+    to_set = {subject_header: subject}
+    if roles:
+        to_set[roles_header] = ",".join(roles)
+    owned = {subject_header, roles_header, *removed}
     return external_auth_pb2.OkHttpResponse(
         headers=[_header(name, value) for name, value in to_set.items()],
         headers_to_remove=sorted(owned - to_set.keys()),
-        query_parameters_to_remove=[n for n in credential_query if n in dict(request.query)],
-        # To the client, with the upstream's response: what is left of its rate limit.
-        response_headers_to_add=_quota_headers(decision),
+        query_parameters_to_remove=query_removed,
     )
 
 
@@ -130,11 +151,13 @@ def to_check_response(
     _, grpc_code, _ = OUTCOME_STATUS[decision.outcome]
     status = status_pb2.Status(code=grpc_code, message=decision.reason_code)
     if decision.outcome is Outcome.ALLOW and request is not None:
-        return external_auth_pb2.CheckResponse(
-            status=status,
-            ok_response=_allow(decision, request, headers, credential_headers, credential_query),
-            dynamic_metadata=_metadata(decision),
-        )
+        base = _allow_base(decision, request, headers, credential_headers, credential_query)
+        response = external_auth_pb2.CheckResponse(
+            status=status, ok_response=base, dynamic_metadata=_metadata(decision)
+        )  # the constructor copies ``base``: the response's own copy is safe to add to
+        # To the client, with the upstream's response: what is left of its rate limit.
+        response.ok_response.response_headers_to_add.extend(_quota_headers(decision))
+        return response
     return external_auth_pb2.CheckResponse(
         status=status, denied_response=_deny(decision), dynamic_metadata=_metadata(decision)
     )

@@ -60,8 +60,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
     ) -> external_auth_pb2.CheckResponse:
         started = time.perf_counter()
         metadata = context.invocation_metadata() if context is not None else None
-        parent = extract_parent(tuple(metadata or ()), request.attributes.request.http.headers)
-        with check_span(self._tracer, parent, {ATTR_REQUEST_ID: request_id_of(request)}) as span:
+        parent = extract_parent(metadata or (), request.attributes.request.http.headers)
+        with check_span(self._tracer, parent) as span:
             auth_request: AuthRequest | None = None
             observers: Sequence[DecisionObserver] = _LOG_ONLY
             try:
@@ -103,6 +103,7 @@ def _annotate(span: Span, decision: Decision, request: AuthRequest | None) -> No
         return
     span.set_attributes(
         {
+            ATTR_REQUEST_ID: decision.request_id,
             ATTR_DECISION: decision.outcome.value,
             ATTR_REASON: decision.reason_code,
             ATTR_DECISION_ID: decision.decision_id,

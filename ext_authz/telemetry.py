@@ -30,8 +30,9 @@ No span or attribute ever holds a credential, a cookie, a query value or the Aut
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
+from contextvars import Token
 from typing import Final
 
 from opentelemetry import trace
@@ -52,7 +53,7 @@ from opentelemetry.sdk.resources import (
 )
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import Span, SpanKind, Tracer
+from opentelemetry.trace import Span, SpanKind, Tracer, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
 
@@ -140,26 +141,34 @@ def _carries_context(carrier: Mapping[str, object]) -> bool:
     return any(key in carrier for key in _CONTEXT_KEYS)
 
 
-@contextmanager
-def check_span(tracer: Tracer, parent: Context, attributes: Attributes = None) -> Iterator[Span]:
+class check_span(AbstractContextManager[Span]):  # noqa: N801 - used like a function
     """The SERVER span of one Check, a child of ``parent`` and current while the block runs.
 
     ``tracer`` (the servicer's: injected, or the global one) also becomes phase_tracer() inside
     the block, so every span of the Check comes from the same provider. Exceptions are left to
-    the caller to record: the servicer turns them into an answer.
+    the caller to record: the servicer turns them into an answer. A plain class rather than
+    @contextmanager, and nothing is attached when there is neither a span nor a caller's trace
+    (tracing off, no trace headers): this runs on every Check.
     """
-    token = attach(set_value(_TRACER_KEY, tracer, parent))
-    try:
-        with tracer.start_as_current_span(
-            SPAN_CHECK,
-            kind=SpanKind.SERVER,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            yield span
-    finally:
-        detach(token)
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, tracer: Tracer, parent: Context, attributes: Attributes = None) -> None:
+        self._span = tracer.start_span(
+            SPAN_CHECK, parent, kind=SpanKind.SERVER, attributes=attributes
+        )
+        self._token: Token[Context] | None = None
+        if self._span.get_span_context().is_valid:
+            context = set_span_in_context(self._span, set_value(_TRACER_KEY, tracer, parent))
+            self._token = attach(context)
+
+    def __enter__(self) -> Span:
+        return self._span
+
+    def __exit__(self, *_: object) -> None:
+        self._span.end()
+        if self._token is not None:
+            detach(self._token)
 
 
 def phase_tracer() -> Tracer:

@@ -368,13 +368,10 @@ class PolicyEnforcer:
         except ValueError:
             return -1
 
-    def cache_stats(self) -> tuple[int, int]:
-        """(hits, misses) of this policy version's decision cache; (0, 0) when not cached."""
-        cache_info = getattr(self._decide, "cache_info", None)
-        if cache_info is None:
-            return 0, 0
-        info = cache_info()
-        return info.hits, info.misses
+    @property
+    def cacheable(self) -> bool:
+        """Whether the matcher calls only pure functions: equal requests, equal decisions."""
+        return self._cacheable
 
     def enforce(self, *rvals: object) -> bool:
         return self.enforce_ex(*rvals)[0]

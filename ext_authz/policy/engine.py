@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -13,6 +14,7 @@ from ext_authz.policy.conditions import (
     Clock,
     Condition,
     ContextNeeds,
+    RequestContext,
     combine,
     parse_condition,
     utc_now,
@@ -22,6 +24,7 @@ from ext_authz.policy.enforcer import PolicyEnforcer
 __all__ = ["CasbinPolicyEngine", "PolicyEngine", "principals_of"]
 
 EFFECTS = ("allow", "deny")
+DECISION_CACHE_SIZE = 10_000
 
 
 class PolicyEngine(Protocol):
@@ -76,11 +79,22 @@ class CasbinPolicyEngine:
     """
 
     def __init__(
-        self, enforcer: PolicyEnforcer, needs: ContextNeeds | None = None, clock: Clock = utc_now
+        self,
+        enforcer: PolicyEnforcer,
+        needs: ContextNeeds | None = None,
+        clock: Clock = utc_now,
+        cache_size: int = DECISION_CACHE_SIZE,
     ) -> None:
         self._enforcer = enforcer
         self._needs = needs or ContextNeeds()
         self._clock = clock
+        # Keyed on everything a decision reads (the Identity fields principals come from, the
+        # request's method, path and query, and the context its conditions read), so a hit
+        # skips role expansion and the enforcer's own key checks. One cache per policy
+        # version: a reload builds a new engine. Only a pure matcher's decisions are cached.
+        self._decide: Callable[..., PolicyResult] = self._decide_uncached
+        if cache_size > 0 and enforcer.cacheable:
+            self._decide = functools.lru_cache(maxsize=cache_size)(self._decide_uncached)
 
     @classmethod
     def from_files(cls, model: Path, policy: Path, clock: Clock = utc_now) -> CasbinPolicyEngine:
@@ -91,7 +105,8 @@ class CasbinPolicyEngine:
             if "cond" in columns:
                 found.append(parse_condition(values[list(columns).index("cond")]))
 
-        enforcer = PolicyEnforcer(model, policy, validate=validate)
+        # No cache of its own: this engine's cache, in front of it, sees every request first.
+        enforcer = PolicyEnforcer(model, policy, validate=validate, cache_size=0)
         engine = cls(enforcer, combine(condition.needs for condition in found), clock)
         engine._check_request_shape(model)
         return engine
@@ -107,13 +122,14 @@ class CasbinPolicyEngine:
             ) from exc
 
     def decision_cache_stats(self) -> tuple[int, int]:
-        """(hits, misses) of the enforcer's decision cache."""
-        return self._enforcer.cache_stats()
+        """(hits, misses) of this policy version's decision cache; (0, 0) when not cached."""
+        cache_info = getattr(self._decide, "cache_info", None)
+        if cache_info is None:
+            return 0, 0
+        info = cache_info()
+        return info.hits, info.misses
 
     def decide(self, identity: Identity, request: AuthRequest) -> PolicyResult:
-        principals = self._enforcer.expand_roles(principals_of(identity))
-        # An anonymous caller has no subject a condition could compare.
-        subject = identity.subject if identity.authenticated else ""
         ctx = self._needs.context(
             claims=identity.claims,
             headers=request.headers,
@@ -121,7 +137,32 @@ class CasbinPolicyEngine:
             source=request.source_address,
             clock=self._clock,
         )
+        return self._decide(
+            identity.authenticated,
+            identity.subject,
+            identity.roles,
+            identity.scopes,
+            request.method,
+            request.path,
+            request.query,
+            ctx,
+        )
+
+    def _decide_uncached(
+        self,
+        authenticated: bool,
+        subject: str,
+        roles: tuple[str, ...],
+        scopes: tuple[str, ...],
+        method: str,
+        path: str,
+        query: tuple[tuple[str, str], ...],
+        ctx: RequestContext,
+    ) -> PolicyResult:
+        identity = Identity(subject, roles, authenticated, scopes=scopes)
+        principals = self._enforcer.expand_roles(principals_of(identity))
+        # An anonymous caller has no subject a condition could compare.
         allowed, rule = self._enforcer.enforce_ex(
-            subject, principals, request.method, request.path, request.query, ctx
+            subject if authenticated else "", principals, method, path, query, ctx
         )
         return PolicyResult(allowed=allowed, matched_rule=rule)

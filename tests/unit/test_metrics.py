@@ -298,9 +298,9 @@ class UncachedEngine:
 def test_engines_without_a_decision_cache_report_no_lookups() -> None:
     policy = POLICIES / "policy.csv"
     assert ReloadingPolicyEngine(UncachedEngine, MODEL, policy).decision_cache_stats() == (0, 0)
-    enforcer = PolicyEnforcer(MODEL, policy, cache_size=0)
-    enforcer.enforce_ex("", frozenset({"everyone"}), "GET", "/", (), None)
-    assert enforcer.cache_stats() == (0, 0)
+    engine = CasbinPolicyEngine(PolicyEnforcer(MODEL, policy, cache_size=0), cache_size=0)
+    engine.decide(Identity("alice", ("viewer",)), AuthRequest("GET", "/api/books"))
+    assert engine.decision_cache_stats() == (0, 0)
 
 
 def test_security_events_are_counted_by_kind() -> None:

@@ -645,6 +645,33 @@ def test_claims_and_headers_no_condition_reads_do_not_change_a_decision(tmp_path
     assert not engine.decide(tenant("globex", jti="1"), request).allowed
 
 
+def test_one_engine_decides_each_identity_by_its_own_roles_scopes_and_subject(
+    tmp_path: Path,
+) -> None:
+    # One engine, so a decision cache keyed on too little would answer with another caller's.
+    engine = engine_for(
+        write_policy(
+            tmp_path,
+            "p, role:viewer, GET, /books, *, *, allow",
+            "p, scope:books.read, GET, /books, *, *, allow",
+            "p, user:carol, GET, /books, *, *, allow",
+            "p, authenticated, GET, /me/{id}, *, subject == path.id, allow",
+        )
+    )
+    books = AuthRequest("GET", "/books")
+    assert engine.decide(Identity("bob", ("viewer",)), books).allowed
+    assert not engine.decide(Identity("bob", ()), books).allowed
+    assert engine.decide(Identity("bob", (), scopes=("books.read",)), books).allowed
+    assert not engine.decide(Identity("bob", (), scopes=("books.write",)), books).allowed
+    assert engine.decide(Identity("carol"), books).allowed
+    assert not engine.decide(Identity("carol", authenticated=False), books).allowed
+    assert engine.decide(Identity("bob"), AuthRequest("GET", "/me/bob")).allowed
+    assert not engine.decide(Identity("eve"), AuthRequest("GET", "/me/bob")).allowed
+    hits, misses = engine.decision_cache_stats()
+    assert engine.decide(Identity("bob", ("viewer",)), books).allowed
+    assert engine.decision_cache_stats() == (hits + 1, misses)
+
+
 # --- the example policy sets and their cases (as `ext-authz policy test` would run them) ------
 
 EXAMPLES = POLICIES / "examples"

@@ -9,7 +9,7 @@ import pytest
 from google.rpc import code_pb2
 
 from ext_authz._proto.envoy.config.core.v3 import base_pb2
-from ext_authz.models import ANONYMOUS, AuthRequest, Decision, Identity, Outcome
+from ext_authz.models import ANONYMOUS, AuthRequest, Decision, Identity, Outcome, Quota
 from ext_authz.response import OUTCOME_STATUS, to_check_response
 from ext_authz.settings import HeaderSettings
 
@@ -230,3 +230,24 @@ def test_deny_never_forwards_identity_headers_upstream() -> None:
 
     assert not response.HasField("ok_response")
     assert "x-auth-subject" not in deny_headers(response)
+
+
+def test_allows_of_one_caller_carry_only_their_own_rate_limit_headers() -> None:
+    # The identity part of an allow is built once per caller and shared: a request's own
+    # RateLimit headers must never leak into the next response.
+    request = AuthRequest("GET", "/api/books")
+    caller = Identity("alice", ("viewer",))
+
+    def remaining(left: int) -> list[tuple[str, str]]:
+        quota = Quota("users", 40, 2, left, 1)
+        decision = Decision(Outcome.ALLOW, "allowed", "d", caller, quota=quota)
+        ok = to_check_response(decision, request, HeaderSettings()).ok_response
+        return [(h.header.key, h.header.value) for h in ok.response_headers_to_add]
+
+    first, second = remaining(39), remaining(38)
+    assert [value for name, value in first if name == "ratelimit"] == ['"users";r=39;t=1']
+    assert [value for name, value in second if name == "ratelimit"] == ['"users";r=38;t=1']
+    decision = Decision(Outcome.ALLOW, "allowed", "d", caller)
+    assert not to_check_response(
+        decision, request, HeaderSettings()
+    ).ok_response.response_headers_to_add
