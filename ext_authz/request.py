@@ -9,8 +9,10 @@ control characters, path parameters, invalid escapes and invalid UTF-8.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
+from ext_authz._proto.envoy.config.core.v3 import base_pb2
 from ext_authz._proto.envoy.service.auth.v3 import external_auth_pb2
 from ext_authz.errors import InvalidRequestError
 from ext_authz.models import AuthRequest
@@ -20,6 +22,7 @@ __all__ = ["normalize_target", "parse_query", "request_id_of", "to_auth_request"
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 # Bytes that must never appear decoded in a path: they change how upstreams split or decode it.
 _FORBIDDEN_DECODED_PATH = frozenset(b"/\\;?#%") | frozenset(range(0x20)) | {0x7F}
+_FORBIDDEN_DECODED_QUERY = frozenset(range(0x20)) | {0x7F}
 # Raw characters allowed in a path (RFC 3986 pchar plus "/"), minus ";" (path parameters).
 _PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@/%]*")
 # No raw ";": some upstreams split the query on it too (`?x=1;include=drafts`).
@@ -75,9 +78,10 @@ def _normalize_path(raw: str) -> str:
 
 def parse_query(raw: str) -> tuple[tuple[str, str], ...]:
     """Decode a raw query string into (name, value) pairs, in order; refuses what is ambiguous."""
+    if not raw:
+        return ()
     if not _QUERY_CHARS.fullmatch(raw):
         raise InvalidRequestError("query contains a character that is not allowed")
-    forbidden = frozenset(range(0x20)) | {0x7F}
     pairs = []
     for item in raw.split("&"):
         if not item:
@@ -85,8 +89,8 @@ def parse_query(raw: str) -> tuple[tuple[str, str], ...]:
         name, _, value = item.partition("=")
         pairs.append(
             (
-                _percent_decode(name, forbidden, "query", plus=True),
-                _percent_decode(value, forbidden, "query", plus=True),
+                _percent_decode(name, _FORBIDDEN_DECODED_QUERY, "query", plus=True),
+                _percent_decode(value, _FORBIDDEN_DECODED_QUERY, "query", plus=True),
             )
         )
     return tuple(pairs)
@@ -110,14 +114,16 @@ def to_auth_request(check: external_auth_pb2.CheckRequest) -> AuthRequest:
     """Build the AuthRequest for a CheckRequest; raises InvalidRequestError when ambiguous."""
     attributes = check.attributes
     http = attributes.request.http
-    headers = {name.lower(): value for name, value in http.headers.items()}
-    if not headers and http.header_map.headers:
+    # Pseudo-headers (:path, :authority, ...) only stand in for fields Envoy left empty.
+    pseudo: Mapping[str, str] = http.headers
+    headers = {
+        name.lower(): value for name, value in http.headers.items() if not name.startswith(":")
+    }
+    if not http.headers and http.header_map.headers:
         # Envoy fills header_map instead of headers when encode_raw_headers is set.
-        for header in http.header_map.headers:
-            value = header.raw_value.decode("utf-8", "replace") or header.value
-            name = header.key.lower()
-            headers[name] = f"{headers[name]},{value}" if name in headers else value
-    target = http.path or headers.get(":path", "")
+        pseudo = _joined(http.header_map.headers)
+        headers = {name: value for name, value in pseudo.items() if not name.startswith(":")}
+    target = http.path or pseudo.get(":path", "")
     if not http.method:
         raise InvalidRequestError("request has no method")
     path, query = normalize_target(target)
@@ -128,12 +134,22 @@ def to_auth_request(check: external_auth_pb2.CheckRequest) -> AuthRequest:
         method=http.method,
         path=path,
         query=query,
-        headers=MappingProxyType({k: v for k, v in headers.items() if not k.startswith(":")}),
-        host=http.host or headers.get(":authority", ""),
-        scheme=http.scheme or headers.get(":scheme", ""),
+        headers=MappingProxyType(headers),
+        host=http.host or pseudo.get(":authority", ""),
+        scheme=http.scheme or pseudo.get(":scheme", ""),
         source_address=attributes.source.address.socket_address.address,
         peer_principal=attributes.source.principal,
         # x-request-id (which Envoy generates) ties our log to Envoy's; http.id is a stream id.
         request_id=headers.get("x-request-id") or http.id,
         context_extensions=MappingProxyType(dict(attributes.context_extensions)),
     )
+
+
+def _joined(raw: Iterable[base_pb2.HeaderValue]) -> dict[str, str]:
+    """Raw header entries as one lowercase-name map, repeated names comma-joined as Envoy does."""
+    headers: dict[str, str] = {}
+    for header in raw:
+        value = header.raw_value.decode("utf-8", "replace") or header.value
+        name = header.key.lower()
+        headers[name] = f"{headers[name]},{value}" if name in headers else value
+    return headers
