@@ -6,7 +6,7 @@ a refusal here; anything else propagates to the servicer, which fails closed.
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
@@ -61,7 +61,8 @@ _OUTCOME_OF_ERROR: tuple[tuple[type[ExtAuthzError], Outcome], ...] = (
 
 
 def new_decision_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits (128 bits): a uuid4's shape, at a third of its cost."""
+    return secrets.token_hex(16)
 
 
 def refusal(
