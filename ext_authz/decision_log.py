@@ -26,6 +26,7 @@ from ext_authz.models import AuthRequest, Decision, Outcome
 __all__ = [
     "DECISION_LOGGER",
     "FLUSH_INTERVAL_S",
+    "PIPE_BUF",
     "BatchingHandler",
     "DecisionLog",
     "JsonFormatter",
@@ -35,12 +36,10 @@ __all__ = [
 DECISION_LOGGER = "ext_authz.decision"
 # How long a decision line may wait in memory before it is written.
 FLUSH_INTERVAL_S = 0.1
-# Lines waiting beyond this are written by the caller: a stalled stderr reader then slows checks
-# (as an unbuffered handler would) instead of growing memory without bound.
-_MAX_PENDING = 10_000
-# Whole lines per write, at most PIPE_BUF (Linux) bytes each: a larger write to a pipe can be
-# split by the lines of another process writing to it (`serve --workers` share stderr).
-_ATOMIC_WRITE = 4096
+# Bytes per write: whole lines, at most PIPE_BUF (Linux), so no other process writing to the same
+# pipe (`serve --workers` share stderr) can split a line. Measured: larger writes (one per batch)
+# made checks no cheaper; each write is one system call per ~8 lines instead of one per line.
+PIPE_BUF = 4096
 
 log = logging.getLogger(DECISION_LOGGER)
 
@@ -73,13 +72,39 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         return _ENCODER.encode(entry)
 
-    def decision_line(self, created: float, body: str) -> str:
-        """The line ``format`` makes of a decision record made at ``created`` whose message and
-        fields are ``body`` (JSON members, see ``_decision_body``)."""
+    def decision_line(
+        self,
+        decision: Decision,
+        request: AuthRequest | None,
+        latency_ms: float,
+        trace_id: str | None,
+        query_names: list[str],
+    ) -> str:
+        """What ``format`` makes of the record log_decision makes of these, built directly (a
+        test compares the two)."""
+        created = time.time()
         msecs = int((created - int(created)) * 1000)  # as LogRecord computes msecs
+        identity = decision.identity
+        outcome = decision.outcome.value
+        matched_rule = decision.matched_rule
+        request_json = (
+            ""
+            if request is None
+            else f',"method":{_quote(request.method)},"path":{_quote(request.path)},'
+            f'"query_names":[{",".join(map(_quote, query_names))}],'
+            f'"source_address":{_quote(request.source_address)}'
+        )
         return (
             f'{{"time":"{self._time(created, msecs)}","level":"info",'
-            f'"logger":"{DECISION_LOGGER}",{body}{self._worker_json}}}'
+            f'"logger":"{DECISION_LOGGER}","message":{_quote(f"{outcome} {decision.reason_code}")},'
+            f'"event":"decision","decision_id":{_quote(decision.decision_id)},'
+            f'"decision":{_quote(outcome)},"reason_code":{_quote(decision.reason_code)},'
+            f'"subject":{_quote(identity.subject)},'
+            f'"roles":[{",".join(map(_quote, identity.roles))}],'
+            f'"matched_rule":{"null" if matched_rule is None else _quote(matched_rule)},'
+            f'"latency_ms":{latency_ms!r},"request_id":{_quote(decision.request_id)},'
+            f'"trace_id":{"null" if trace_id is None else _quote(trace_id)}'
+            f"{request_json}{self._worker_json}}}"
         )
 
     def _time(self, created: float, msecs: int) -> str:
@@ -93,17 +118,22 @@ class JsonFormatter(logging.Formatter):
 
 
 class BatchingHandler(logging.Handler):
-    """Writes JSON lines to ``stream``: decision lines in one write per batch (a write and a flush
-    per line cost more than making the line), every other line at once.
+    """Writes JSON lines to ``stream``: decision lines in batches (a write per line costs more
+    than making the line), every other line at once.
 
-    Any other line first writes the decision lines queued before it, so the stream keeps the
-    order in which records were logged. A background thread writes each batch ``interval`` after
-    its first line; ``logging.shutdown``, which the logging module runs at interpreter exit (after
-    SIGTERM's drain, a `serve` exit, a worker's exit), writes the rest.
+    The thread that logs a decision line writes the queued lines when the line would not fit
+    in the same ``PIPE_BUF`` write; a background thread writes the rest ``interval`` after the
+    first of them. Any other line first writes the decision lines queued before it, so the
+    stream keeps the order in which records were logged. ``logging.shutdown``, which the
+    logging module runs at interpreter exit (after SIGTERM's drain, a `serve` exit, a worker's
+    exit), writes the rest.
     """
 
     def __init__(
-        self, stream: TextIO, formatter: JsonFormatter, interval: float = FLUSH_INTERVAL_S
+        self,
+        stream: TextIO,
+        formatter: JsonFormatter,
+        interval: float = FLUSH_INTERVAL_S,
     ) -> None:
         super().__init__()
         self.stream = stream
@@ -111,10 +141,9 @@ class BatchingHandler(logging.Handler):
         self._interval = interval
         # Appended to without the handler's lock (deque appends are atomic); drained under it.
         self._pending: collections.deque[str] = collections.deque()
-        self._max_pending = _MAX_PENDING
+        self._size = 0  # of the pending lines, in bytes: an estimate the writes do not rely on
         self._scheduled = False
         self._wake = threading.Event()
-        self._closed = False
         threading.Thread(target=self._write_batches, name="log-writer", daemon=True).start()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -130,10 +159,12 @@ class BatchingHandler(logging.Handler):
 
     def queue(self, line: str) -> None:
         """Write ``line`` with the next batch."""
-        self._pending.append(line)
-        if len(self._pending) >= self._max_pending:
+        size = len(line) + 1  # JSON lines are ASCII: characters are bytes
+        if self._size + size > PIPE_BUF:
             self.flush()
-        elif not self._scheduled:
+        self._pending.append(line)
+        self._size += size
+        if not self._scheduled:
             # Set after the append and cleared by the writer before it drains: a line is
             # always either drained or sees the flag clear and wakes the writer.
             self._scheduled = True
@@ -147,9 +178,6 @@ class BatchingHandler(logging.Handler):
             self.release()
 
     def close(self) -> None:
-        self._max_pending = 1  # a line logged after this is written at once
-        self._closed = True
-        self._wake.set()
         try:
             self.flush()
         finally:
@@ -158,14 +186,15 @@ class BatchingHandler(logging.Handler):
     def _write(self, line: str | None = None) -> None:
         pending = self._pending
         lines = [pending.popleft() for _ in range(len(pending))]
+        self._size = 0
         if line is not None:
             lines.append(line)
         start = size = 0
         for end, text in enumerate(lines):
-            if size and size + len(text) + 1 > _ATOMIC_WRITE:
+            if size and size + len(text) + 1 > PIPE_BUF:
                 self._write_lines(lines[start:end])
                 start, size = end, 0
-            size += len(text) + 1  # JSON lines are ASCII: characters are bytes
+            size += len(text) + 1
         if size:
             self._write_lines(lines[start:])
 
@@ -177,8 +206,6 @@ class BatchingHandler(logging.Handler):
         while True:
             self._wake.wait()
             self._wake.clear()
-            if self._closed:
-                return
             time.sleep(self._interval)  # let the batch gather
             self._scheduled = False
             # A closed stream loses the batch; the next line written at once reports the error.
@@ -211,8 +238,7 @@ def log_decision(decision: Decision, request: AuthRequest | None, latency_s: flo
     direct = _sole_handler()
     if direct is not None:
         handler, formatter = direct
-        body = _decision_body(decision, request, latency_ms, trace_id, query_names)
-        handler.queue(formatter.decision_line(time.time(), body))
+        handler.queue(formatter.decision_line(decision, request, latency_ms, trace_id, query_names))
         return
     fields: dict[str, object] = {
         "event": "decision",
@@ -246,37 +272,6 @@ def log_decision(decision: Decision, request: AuthRequest | None, latency_s: flo
         extra={"fields": fields},
     )
     log.handle(record)
-
-
-def _decision_body(
-    decision: Decision,
-    request: AuthRequest | None,
-    latency_ms: float,
-    trace_id: str | None,
-    query_names: list[str],
-) -> str:
-    """The message and fields of a decision line as JSON members: what JsonFormatter writes for
-    the record log_decision makes of it (a test compares the two)."""
-    identity = decision.identity
-    outcome = decision.outcome.value
-    matched_rule = decision.matched_rule
-    body = (
-        f'"message":{_quote(f"{outcome} {decision.reason_code}")},'
-        f'"event":"decision","decision_id":{_quote(decision.decision_id)},'
-        f'"decision":{_quote(outcome)},'
-        f'"reason_code":{_quote(decision.reason_code)},"subject":{_quote(identity.subject)},'
-        f'"roles":[{",".join(map(_quote, identity.roles))}],'
-        f'"matched_rule":{"null" if matched_rule is None else _quote(matched_rule)},'
-        f'"latency_ms":{latency_ms!r},"request_id":{_quote(decision.request_id)},'
-        f'"trace_id":{"null" if trace_id is None else _quote(trace_id)}'
-    )
-    if request is None:
-        return body
-    return (
-        f'{body},"method":{_quote(request.method)},"path":{_quote(request.path)},'
-        f'"query_names":[{",".join(map(_quote, query_names))}],'
-        f'"source_address":{_quote(request.source_address)}'
-    )
 
 
 def _sole_handler() -> tuple[BatchingHandler, JsonFormatter] | None:
