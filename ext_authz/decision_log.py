@@ -57,6 +57,7 @@ class JsonFormatter(logging.Formatter):
         self._worker = worker
         self._worker_json = "" if worker is None else f',"worker":{worker}'
         self._second: tuple[int, str] = (-1, "")
+        self._start: tuple[int, str] = (-1, "")
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -82,8 +83,6 @@ class JsonFormatter(logging.Formatter):
     ) -> str:
         """What ``format`` makes of the record log_decision makes of these, built directly (a
         test compares the two)."""
-        created = time.time()
-        msecs = int((created - int(created)) * 1000)  # as LogRecord computes msecs
         identity = decision.identity
         outcome = decision.outcome.value
         matched_rule = decision.matched_rule
@@ -95,8 +94,7 @@ class JsonFormatter(logging.Formatter):
             f'"source_address":{_quote(request.source_address)}'
         )
         return (
-            f'{{"time":"{self._time(created, msecs)}","level":"info",'
-            f'"logger":"{DECISION_LOGGER}","message":{_quote(f"{outcome} {decision.reason_code}")},'
+            f"{self._decision_start(time.time())}{_quote(f'{outcome} {decision.reason_code}')},"
             f'"event":"decision","decision_id":{_quote(decision.decision_id)},'
             f'"decision":{_quote(outcome)},"reason_code":{_quote(decision.reason_code)},'
             f'"subject":{_quote(identity.subject)},'
@@ -106,6 +104,20 @@ class JsonFormatter(logging.Formatter):
             f'"trace_id":{"null" if trace_id is None else _quote(trace_id)}'
             f"{request_json}{self._worker_json}}}"
         )
+
+    def _decision_start(self, created: float) -> str:
+        # The same for every line made in one millisecond, as several are under load.
+        second = int(created)
+        msecs = int((created - second) * 1000)  # as LogRecord computes msecs
+        cached = self._start
+        if cached[0] != second * 1000 + msecs:
+            time_text = self._time(created, msecs)
+            cached = (
+                second * 1000 + msecs,
+                f'{{"time":"{time_text}","level":"info","logger":"{DECISION_LOGGER}","message":',
+            )
+            self._start = cached
+        return cached[1]
 
     def _time(self, created: float, msecs: int) -> str:
         # strftime once a second, not once a line; one tuple, so a racing thread reads a pair.
@@ -221,7 +233,11 @@ class DecisionLog:
         self._random = random.Random()  # noqa: S311 - sampling, not security
 
     def observe(self, decision: Decision, request: AuthRequest | None, latency_s: float) -> None:
-        if decision.outcome is Outcome.ALLOW and self._random.random() >= self._rate:
+        if (
+            self._rate < 1
+            and decision.outcome is Outcome.ALLOW
+            and self._random.random() >= self._rate
+        ):
             return
         log_decision(decision, request, latency_s)
 

@@ -303,3 +303,19 @@ def test_a_batch_is_written_in_whole_lines_of_at_most_pipe_buf_bytes() -> None:
     for text in stream.writes:
         assert text.endswith("\n")
         assert len(text) <= 4096 or text.count("\n") == 1
+
+
+def test_each_line_has_the_time_it_was_logged_at_to_the_millisecond(
+    configure: Configure, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stderr = configure("info")
+    for now in (NOW, NOW, NOW + 0.001, NOW + 1, NOW + 60.5):
+        monkeypatch.setattr(time, "time", lambda now=now: now)
+        log_decision(*DECISIONS["allow"], 0.001)
+    assert [line["time"] for line in decisions(stderr)] == [
+        "2026-11-29T20:28:05.042Z",
+        "2026-11-29T20:28:05.042Z",
+        "2026-11-29T20:28:05.043Z",
+        "2026-11-29T20:28:06.042Z",
+        "2026-11-29T20:29:05.542Z",
+    ]
