@@ -55,6 +55,17 @@ DECISIONS = {
 }
 
 
+class Records(logging.Handler):
+    """Another handler, as pytest's caplog or a user's log shipper would add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 class Configure(Protocol):
     def __call__(self, level: str, worker: int | None = None) -> io.StringIO: ...
 
@@ -141,10 +152,17 @@ def test_the_line_keeps_the_key_order_and_the_time_of_the_decision(
     assert line.endswith(',"query_names":["page","q"],"source_address":"10.0.0.7"}')
 
 
-@pytest.mark.parametrize("worker", [None, 0, 5])
+@pytest.mark.parametrize("traced", [False, True])
+@pytest.mark.parametrize("latency_s", [0.0004567, 0.0015, 2.0])
+@pytest.mark.parametrize("worker", [None, 5])
 @pytest.mark.parametrize("case", list(DECISIONS))
 def test_a_decision_is_the_same_line_whether_or_not_another_handler_sees_it(
-    configure: Configure, monkeypatch: pytest.MonkeyPatch, case: str, worker: int | None
+    configure: Configure,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+    worker: int | None,
+    latency_s: float,
+    traced: bool,
 ) -> None:
     """Decisions take a direct path when only the JSON handler would see them; with another
     handler on the way (pytest's caplog, a user's) they are records formatted by JsonFormatter.
@@ -152,36 +170,36 @@ def test_a_decision_is_the_same_line_whether_or_not_another_handler_sees_it(
     monkeypatch.setattr(time, "time", lambda: NOW)
     decision, request = DECISIONS[case]
     stderr = configure("info", worker=worker)
-    log_decision(decision, request, 0.0004567)
+    if traced:
+        span = NonRecordingSpan(SpanContext(TRACE_ID, 7, True, TraceFlags(1)))
+        monkeypatch.setattr(trace, "get_current_span", lambda: span)
+    log_decision(decision, request, latency_s)
     written(stderr)
     direct = stderr.getvalue()
     stderr.seek(0)
     stderr.truncate()
 
-    seen: list[logging.LogRecord] = []
-    other = logging.Handler()
-    other.emit = seen.append  # type: ignore[method-assign]
+    other = Records()
     logging.getLogger("ext_authz").addHandler(other)
     try:
-        log_decision(decision, request, 0.0004567)
+        log_decision(decision, request, latency_s)
     finally:
         logging.getLogger("ext_authz").removeHandler(other)
     written(stderr)
 
+    assert ('"trace_id":"0af7651916cd43dd8448eb211c80319c"' in direct) is traced
     assert stderr.getvalue() == direct
-    (record,) = seen
+    (record,) = other.records
     assert JsonFormatter(worker).format(record) + "\n" == direct
     assert record.getMessage() == f"{decision.outcome.value} {decision.reason_code}"
 
 
 def test_another_handler_gets_records_with_the_fields(configure: Configure) -> None:
     stderr = configure("info")
-    seen: list[logging.LogRecord] = []
-    other = logging.Handler()
-    other.emit = seen.append  # type: ignore[method-assign]
+    other = Records()
     logging.getLogger().addHandler(other)
     log_decision(*DECISIONS["allow"], 0.001)
-    (record,) = seen
+    (record,) = other.records
     assert record.name == "ext_authz.decision" and record.levelno == logging.INFO
     assert getattr(record, "fields")["subject"] == "alice"  # noqa: B009
     assert len(decisions(stderr)) == 1
