@@ -141,6 +141,7 @@ def test_the_line_keeps_the_key_order_and_the_time_of_the_decision(
     configure: Configure, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(time, "time", lambda: NOW)
+    monkeypatch.setattr(time, "time_ns", lambda: int(NOW * 1e9))  # what LogRecord reads on 3.13
     stderr = configure("info")
     log_decision(*DECISIONS["allow"], 0.001)
     written(stderr)
@@ -168,6 +169,7 @@ def test_a_decision_is_the_same_line_whether_or_not_another_handler_sees_it(
     handler on the way (pytest's caplog, a user's) they are records formatted by JsonFormatter.
     Both must write the same bytes."""
     monkeypatch.setattr(time, "time", lambda: NOW)
+    monkeypatch.setattr(time, "time_ns", lambda: int(NOW * 1e9))  # what LogRecord reads on 3.13
     decision, request = DECISIONS[case]
     stderr = configure("info", worker=worker)
     if traced:
