@@ -106,5 +106,6 @@ def test_live_view_page_renders_charts_with_data_in_chromium(
         for pixel in _pixels(image)
         if all(abs(a - b) <= 24 for a, b in zip(pixel, ACCENT, strict=True))
     )
-    # The legend swatch is 10x10 px; the decisions line across the chart is hundreds more.
-    assert accent > 400, f"decisions chart not painted ({accent} px in its colour)"
+    # The legend swatch is 10x10 px; the decisions line across the chart adds a few hundred more
+    # (how many depends on how the bursts above fell across second boundaries: 337 to 600 seen).
+    assert accent > 250, f"decisions chart not painted ({accent} px in its colour)"
