@@ -49,6 +49,17 @@ def _ratio(results: dict[str, Any], top: str, bottom: str) -> float | None:
     return None
 
 
+def _per_cpu_ratio(results: dict[str, Any], top: str, bottom: str) -> float | None:
+    """Requests per authz CPU second of ``top`` over ``bottom``'s: how well the workers use the
+    CPU they get, whatever else (the load generator, Envoy) takes the rest of the cores."""
+    if top not in results or bottom not in results:
+        return None
+    per_request = [results[name].get("authz_cpu_us_per_request") for name in (bottom, top)]
+    if not all(per_request):
+        return None
+    return round(per_request[0] / per_request[1], 2)
+
+
 def _added_p99_ms(results: dict[str, Any], name: str) -> float | None:
     """p99 of ``name`` minus Envoy alone's (a-half) at half of d's rate: Envoy alone's p99 is
     a fraction of a millisecond at any of these rates."""
@@ -79,6 +90,10 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     ratios["grpc-trivial-aio/grpc-trivial"] = _ratio(results, "grpc-trivial-aio", "grpc-trivial")
     ratios["grpc-ours-w2/grpc-ours-w1"] = _ratio(results, "grpc-ours-w2", "grpc-ours-w1")
     ratios["d-w2/d"] = _ratio(results, "d-w2", "d")
+    # Below 1 when two workers spend more CPU per check than one (contention, not free cores).
+    ratios["grpc-ours-w2/grpc-ours-w1 per CPU"] = _per_cpu_ratio(
+        results, "grpc-ours-w2", "grpc-ours-w1"
+    )
     added_p99_ms = _added_p99_ms(results, "d-half")
     added_p99_notrace_ms = _added_p99_ms(results, "d-notrace-half")
     added_p99_notrace_w2_ms = _added_p99_ms(results, "d-notrace-w2-half")
