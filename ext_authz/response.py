@@ -85,7 +85,7 @@ def _allow_base(
     # remove one header in a response (Envoy then drops it).
     spoofed = tuple(name for name in request.headers if name.startswith(headers.owned_prefix))
     query = {name for name, _ in request.query} if request.query else ()
-    ok = _ok_response(
+    return _ok_response(
         headers.subject,
         headers.roles,
         decision.identity.subject,
@@ -94,7 +94,6 @@ def _allow_base(
         (*spoofed, *credential_headers),
         tuple(name for name in credential_query if name in query),
     )
-    return ok
 
 
 @functools.lru_cache(maxsize=4096)

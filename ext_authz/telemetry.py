@@ -55,7 +55,6 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import Span, SpanKind, Tracer, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.util.types import Attributes
 
 from ext_authz import __version__
 from ext_authz.errors import ConfigError
@@ -151,18 +150,18 @@ class check_span(AbstractContextManager[Span]):  # noqa: N801 - used like a func
     (tracing off, no trace headers): this runs on every Check.
     """
 
-    __slots__ = ("_span", "_token")
+    __slots__ = ("_parent", "_span", "_token", "_tracer")
 
-    def __init__(self, tracer: Tracer, parent: Context, attributes: Attributes = None) -> None:
-        self._span = tracer.start_span(
-            SPAN_CHECK, parent, kind=SpanKind.SERVER, attributes=attributes
-        )
+    def __init__(self, tracer: Tracer, parent: Context) -> None:
+        self._tracer = tracer
+        self._parent = parent
         self._token: Token[Context] | None = None
-        if self._span.get_span_context().is_valid:
-            context = set_span_in_context(self._span, set_value(_TRACER_KEY, tracer, parent))
-            self._token = attach(context)
 
     def __enter__(self) -> Span:
+        self._span = self._tracer.start_span(SPAN_CHECK, self._parent, kind=SpanKind.SERVER)
+        if self._span.get_span_context().is_valid:
+            context = set_value(_TRACER_KEY, self._tracer, self._parent)
+            self._token = attach(set_span_in_context(self._span, context))
         return self._span
 
     def __exit__(self, *_: object) -> None:
