@@ -13,7 +13,14 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, unquote_plus
 
+import pytest
+
+from ext_authz.credentials import CredentialExtractor
 from ext_authz.identity.jwks import KeySet
+from ext_authz.models import AuthRequest, Identity, PolicyResult
+from ext_authz.pipeline import AuthPipeline
+from ext_authz.runtime import Runtime
+from ext_authz.settings import CredentialSettings, HeaderSettings
 
 
 class StaticKeys:
@@ -167,3 +174,28 @@ def _introspection_handler(endpoint: IntrospectionEndpoint) -> type[BaseHTTPRequ
             pass
 
     return Handler
+
+
+class ExplodingEngine:
+    """A PolicyEngine with a bug: every decision raises."""
+
+    def decide(self, identity: Identity, request: AuthRequest) -> PolicyResult:
+        raise RuntimeError("engine bug")
+
+
+def broken_runtime() -> Runtime:
+    raise RuntimeError("no runtime")
+
+
+def exploding_engine_runtime() -> Runtime:
+    return Runtime(
+        AuthPipeline(CredentialExtractor(CredentialSettings(), None), {}, ExplodingEngine()),
+        HeaderSettings(),
+    )
+
+
+# Runtime sources a servicer must fail closed with, for pytest.mark.parametrize.
+FAILING_RUNTIMES = (
+    pytest.param(broken_runtime, id="runtime-raises"),
+    pytest.param(exploding_engine_runtime, id="engine-raises"),
+)

@@ -11,20 +11,18 @@ from pathlib import Path
 
 import grpc
 import pytest
+from fakes import FAILING_RUNTIMES, broken_runtime
 from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from ext_authz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
-from ext_authz.credentials import CredentialExtractor
 from ext_authz.decision_log import JsonFormatter
 from ext_authz.errors import ConfigError
-from ext_authz.models import AuthRequest, Identity, PolicyResult
-from ext_authz.pipeline import AuthPipeline
-from ext_authz.runtime import Runtime, build_runtime
+from ext_authz.runtime import build_runtime
 from ext_authz.server import AUTHORIZATION_SERVICE, RunningServer, build_server
 from ext_authz.service import AuthorizationServicer
-from ext_authz.settings import CredentialSettings, HeaderSettings, Settings, load_settings
+from ext_authz.settings import Settings, load_settings
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 TIMEOUT = 5
@@ -226,26 +224,7 @@ def test_occupied_port_is_a_config_error(server: RunningServer, settings: Settin
 # --- fail closed --------------------------------------------------------------------------------
 
 
-class ExplodingEngine:
-    def decide(self, identity: Identity, request: AuthRequest) -> PolicyResult:
-        raise RuntimeError("engine bug")
-
-
-def broken_runtime() -> Runtime:
-    raise RuntimeError("no runtime")
-
-
-@pytest.mark.parametrize(
-    "runtime",
-    [
-        broken_runtime,
-        lambda: Runtime(
-            AuthPipeline(CredentialExtractor(CredentialSettings(), None), {}, ExplodingEngine()),
-            HeaderSettings(),
-        ),
-    ],
-    ids=["runtime-raises", "engine-raises"],
-)
+@pytest.mark.parametrize("runtime", FAILING_RUNTIMES)
 def test_internal_error_fails_closed_with_503(make_check_request, runtime, caplog) -> None:
     servicer = AuthorizationServicer(runtime)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 import pytest
+from fakes import ExplodingEngine
 
 from ext_authz.credentials import CredentialExtractor, CredentialKind
 from ext_authz.errors import (
@@ -54,11 +55,6 @@ class FakeEngine:
     def decide(self, identity: Identity, request: AuthRequest) -> PolicyResult:
         self.calls.append((identity, request))
         return PolicyResult(allowed=bool(self.allow(identity, request)), matched_rule=self.rule)
-
-
-class ExplodingEngine:
-    def decide(self, identity: Identity, request: AuthRequest) -> PolicyResult:
-        raise RuntimeError("engine bug")
 
 
 def request(authorization: str | None = None, path: str = "/api/books") -> AuthRequest:

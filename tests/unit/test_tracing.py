@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 import pytest
 from click.testing import CliRunner
+from fakes import FAILING_RUNTIMES, exploding_engine_runtime
 from google.rpc import code_pb2
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
     OTLPSpanExporter as GrpcSpanExporter,
@@ -495,26 +496,7 @@ def test_no_token_cookie_or_query_value_reaches_any_span(
 # --- fail closed, and recorded as the error it is ----------------------------------------------
 
 
-class ExplodingEngine:
-    def decide(self, identity: Identity, request: AuthRequest) -> PolicyResult:
-        raise RuntimeError("engine bug")
-
-
-def broken_runtime() -> Runtime:
-    raise RuntimeError("no runtime")
-
-
-@pytest.mark.parametrize(
-    "runtime_source",
-    [
-        broken_runtime,
-        lambda: Runtime(
-            AuthPipeline(CredentialExtractor(CredentialSettings(), None), {}, ExplodingEngine()),
-            HeaderSettings(),
-        ),
-    ],
-    ids=["runtime-raises", "engine-raises"],
-)
+@pytest.mark.parametrize("runtime_source", FAILING_RUNTIMES)
 def test_an_internal_error_is_recorded_on_the_span_and_still_answers_503(
     tracing, make_check_request, runtime_source, caplog
 ) -> None:
@@ -535,10 +517,7 @@ def test_an_internal_error_is_recorded_on_the_span_and_still_answers_503(
 
 
 def test_the_phase_that_failed_is_marked_as_the_error(tracing, make_check_request) -> None:
-    runtime = Runtime(
-        AuthPipeline(CredentialExtractor(CredentialSettings(), None), {}, ExplodingEngine()),
-        HeaderSettings(),
-    )
+    runtime = exploding_engine_runtime()
     servicer = AuthorizationServicer(lambda: runtime, tracing.provider)
 
     with pytest.MonkeyPatch.context() as patch:
