@@ -31,6 +31,7 @@ from ext_authz.telemetry import (
     TRACER_NAME,
     check_span,
     extract_parent,
+    skips_unsampled_callers,
 )
 
 __all__ = ["AuthorizationServicer"]
@@ -52,6 +53,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
     ) -> None:
         self._runtime = runtime
         self._tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
+        self._skip_unsampled = skips_unsampled_callers(self._tracer)
 
     def Check(
         self,
@@ -61,7 +63,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         started = time.perf_counter()
         metadata = context.invocation_metadata() if context is not None else None
         parent = extract_parent(metadata or (), request.attributes.request.http.headers)
-        with check_span(self._tracer, parent) as span:
+        with check_span(self._tracer, parent, self._skip_unsampled) as span:
             auth_request: AuthRequest | None = None
             observers: Sequence[DecisionObserver] = _LOG_ONLY
             try:

@@ -30,6 +30,7 @@ No span or attribute ever holds a credential, a cookie, a query value or the Aut
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from contextvars import Token
@@ -52,8 +53,23 @@ from opentelemetry.sdk.resources import (
     Resource,
 )
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import Span, SpanKind, Tracer, set_span_in_context
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    StaticSampler,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    Tracer,
+    set_span_in_context,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ext_authz import __version__
@@ -79,6 +95,7 @@ __all__ = [
     "check_span",
     "configure_tracing",
     "extract_parent",
+    "skips_unsampled_callers",
     "phase_tracer",
     "shutdown_tracing",
     "span_exporters_from_env",
@@ -102,8 +119,8 @@ ATTR_RULE: Final = "ext_authz.policy.rule"  # the policy line that decided
 ATTR_CREDENTIAL_SOURCE: Final = "ext_authz.credential.source"  # where, e.g. "cookie 'session'"
 ATTR_PROVIDER: Final = "ext_authz.identity.provider"  # issuer (or api-key:<id>, mtls)
 ATTR_AUTH_METHOD: Final = "ext_authz.identity.method"  # jwt, introspection, api_key, mtls
-# Whether the identity came from the verified-token cache. Set by the token verifier: it needs
-# an accessor in identity/jwt.py (not yet wired), so today no span carries it.
+# Whether the identity came from the verified-token cache (on the identity span; set by the
+# token verifier in identity/jwt.py).
 ATTR_CACHE_HIT: Final = "ext_authz.token_cache.hit"
 
 # Extraction runs every propagator in order, a later one overriding an earlier one: with both
@@ -112,6 +129,13 @@ _PROPAGATOR: Final = CompositePropagator([B3MultiFormat(), TraceContextTextMapPr
 # Without one of these (lowercase, as gRPC metadata and Envoy's header map have them) neither
 # propagator can find a trace context.
 _CONTEXT_KEYS: Final = ("traceparent", "b3", "x-b3-traceid")
+
+# A W3C traceparent of version 00 whose sampled flag is clear: what a caller sampling at 1%
+# sends on 99 checks in 100. Parsed here, the propagators need not run for it (see
+# _unsampled_parent); anything else (sampled, other versions, whitespace) takes their path.
+_UNSAMPLED_TRACEPARENT: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f][02468ace])")
+# The SDK's own samplers: a probe tells how they treat an unsampled caller for every call.
+_PROBED_SAMPLERS: Final = (ParentBased, StaticSampler, TraceIdRatioBased)
 
 # The tracer of the Check being handled, for the pipeline's phase spans (see check_span).
 _TRACER_KEY: Final = create_key("ext_authz.tracer")
@@ -129,6 +153,9 @@ def extract_parent(
     checked request's ``headers``; an empty Context (a new trace) when neither does."""
     carrier = {key: value for key, value in metadata if isinstance(value, str)}
     if _carries_context(carrier):
+        unsampled = _unsampled_parent(carrier)
+        if unsampled is not None:
+            return unsampled
         context = _PROPAGATOR.extract(carrier)
         if trace.get_current_span(context).get_span_context().is_valid:
             return context
@@ -140,6 +167,37 @@ def _carries_context(carrier: Mapping[str, object]) -> bool:
     return any(key in carrier for key in _CONTEXT_KEYS)
 
 
+def _unsampled_parent(carrier: Mapping[str, str]) -> Context | None:
+    """The context the propagators would extract from ``carrier`` when it holds a plain W3C
+    traceparent with the sampled flag clear and no tracestate; else None. A valid traceparent
+    wins over B3 in the composite propagator, so B3 headers beside it change nothing."""
+    match = _UNSAMPLED_TRACEPARENT.fullmatch(carrier.get("traceparent", ""))
+    if match is None or carrier.get("tracestate"):
+        return None
+    trace_id, span_id = int(match[1], 16), int(match[2], 16)
+    if not trace_id or not span_id:  # all zeros: invalid, the propagators ignore it
+        return None
+    flags = TraceFlags(int(match[3], 16))
+    span_context = SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
+    return set_span_in_context(NonRecordingSpan(span_context))
+
+
+def skips_unsampled_callers(tracer: Tracer) -> bool:
+    """Whether ``tracer`` records nothing for a span whose remote parent is not sampled, so a
+    Check continuing such a caller's trace can skip starting a span and just carry the caller's
+    context (for the decision log's trace id). True for the SDK's parent-based samplers (the
+    default, and every ``parentbased_*`` OTEL_TRACES_SAMPLER) and ``always_off``; False for
+    ``always_on``, ratio samplers, custom samplers and the API's proxy tracer."""
+    if not isinstance(tracer, SdkTracer) or not isinstance(tracer.sampler, _PROBED_SAMPLERS):
+        return False
+    # Trace id 1 is sampled by any ratio sampler with a rate above zero.
+    probe = SpanContext(1, 1, is_remote=True, trace_flags=TraceFlags(TraceFlags.DEFAULT))
+    result = tracer.sampler.should_sample(
+        set_span_in_context(NonRecordingSpan(probe)), 1, SPAN_CHECK, SpanKind.SERVER
+    )
+    return result.decision is Decision.DROP
+
+
 class check_span(AbstractContextManager[Span]):  # noqa: N801 - used like a function
     """The SERVER span of one Check, a child of ``parent`` and current while the block runs.
 
@@ -148,16 +206,28 @@ class check_span(AbstractContextManager[Span]):  # noqa: N801 - used like a func
     the caller to record: the servicer turns them into an answer. A plain class rather than
     @contextmanager, and nothing is attached when there is neither a span nor a caller's trace
     (tracing off, no trace headers): this runs on every Check.
+
+    With ``skip_unsampled`` (skips_unsampled_callers(tracer)) a caller's unsampled trace is
+    carried as it is instead of starting a span the sampler would drop anyway.
     """
 
-    __slots__ = ("_parent", "_span", "_token", "_tracer")
+    __slots__ = ("_parent", "_skip_unsampled", "_span", "_token", "_tracer")
 
-    def __init__(self, tracer: Tracer, parent: Context) -> None:
+    def __init__(self, tracer: Tracer, parent: Context, skip_unsampled: bool = False) -> None:
         self._tracer = tracer
         self._parent = parent
+        self._skip_unsampled = skip_unsampled
         self._token: Token[Context] | None = None
 
     def __enter__(self) -> Span:
+        if self._skip_unsampled:
+            caller = trace.get_current_span(self._parent)
+            caller_context = caller.get_span_context()
+            if caller_context.is_valid and not caller_context.trace_flags.sampled:
+                # Nothing records below it: no phase spans, so no tracer to hand down.
+                self._span = caller
+                self._token = attach(self._parent)
+                return caller
         self._span = self._tracer.start_span(SPAN_CHECK, self._parent, kind=SpanKind.SERVER)
         if self._span.get_span_context().is_valid:
             context = set_value(_TRACER_KEY, self._tracer, self._parent)

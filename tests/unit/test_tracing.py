@@ -26,19 +26,31 @@ import pytest
 from click.testing import CliRunner
 from fakes import FAILING_RUNTIMES, exploding_engine_runtime
 from google.rpc import code_pb2
+from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
     OTLPSpanExporter as GrpcSpanExporter,
 )
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpSpanExporter,
 )
+from opentelemetry.propagators.b3 import B3MultiFormat
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode, get_current_span
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ext_authz import __version__
 from ext_authz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
@@ -69,6 +81,7 @@ from ext_authz.telemetry import (
     SPAN_GUARDS,
     SPAN_IDENTITY,
     extract_parent,
+    skips_unsampled_callers,
     span_exporters_from_env,
     tracer_provider_from_env,
 )
@@ -403,6 +416,87 @@ def test_an_unsampled_caller_is_followed_no_span_is_recorded(
     assert tracing.spans() == []
 
 
+def test_an_unsampled_caller_is_recorded_when_the_sampler_says_so(
+    runtime, make_check_request
+) -> None:
+    # With always_on the sampler, not the caller, decides: the Check is recorded under the
+    # caller's trace.
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    servicer = AuthorizationServicer(lambda: runtime, provider)
+
+    servicer.Check(
+        make_check_request("GET", "/public/x", {"traceparent": f"00-{TRACE_ID}-{SPAN_ID}-00"}), None
+    )
+
+    (check,) = [s for s in exporter.get_finished_spans() if s.name == SPAN_CHECK]
+    assert_child_of(check, TRACE_ID, SPAN_ID)
+    provider.shutdown()
+
+
+class _NamedSampler(Sampler):
+    """A custom sampler: never probed, whatever it would answer."""
+
+    def should_sample(self, *_: Any, **__: Any) -> SamplingResult:
+        return SamplingResult(Decision.DROP)
+
+    def get_description(self) -> str:
+        return "custom"
+
+
+@pytest.mark.parametrize(
+    ("sampler", "skips"),
+    [
+        (ParentBased(ALWAYS_ON), True),  # the SDK's default
+        (ParentBasedTraceIdRatio(0.01), True),
+        (ALWAYS_OFF, True),
+        (ALWAYS_ON, False),
+        (TraceIdRatioBased(0.01), False),
+        (_NamedSampler(), False),
+    ],
+    ids=["parentbased", "parentbased-ratio", "always-off", "always-on", "ratio", "custom"],
+)
+def test_only_samplers_that_drop_unsampled_callers_skip_the_span(sampler, skips) -> None:
+    provider = TracerProvider(sampler=sampler)
+    assert skips_unsampled_callers(provider.get_tracer("t")) is skips
+    provider.shutdown()
+
+
+def test_the_api_alone_is_never_assumed_to_skip() -> None:
+    # The global proxy tracer may get an SDK behind it later.
+    assert not skips_unsampled_callers(trace.get_tracer("t"))
+
+
+@pytest.mark.parametrize(
+    "carrier",
+    [
+        {"traceparent": f"00-{TRACE_ID}-{SPAN_ID}-00"},
+        {"traceparent": f"00-{TRACE_ID}-{SPAN_ID}-00", "tracestate": ""},
+        {"traceparent": f"00-{TRACE_ID}-{SPAN_ID}-02"},
+        {"traceparent": f"00-{TRACE_ID}-{SPAN_ID}-00", "tracestate": "vendor=value"},
+        {"traceparent": f"00-{TRACE_ID}-{SPAN_ID}-00", "b3": f"{OTHER_TRACE_ID}-{OTHER_SPAN_ID}-1"},
+        {"traceparent": f"00-{TRACE_ID}-{SPAN_ID}-00-extra"},
+        {"traceparent": f"01-{TRACE_ID}-{SPAN_ID}-00-extra"},
+        {"traceparent": f"ff-{TRACE_ID}-{SPAN_ID}-00"},
+        {"traceparent": f" 00-{TRACE_ID}-{SPAN_ID}-00"},
+        {"traceparent": f"00-{TRACE_ID.upper()}-{SPAN_ID}-00"},
+        {"traceparent": f"00-{'0' * 32}-{SPAN_ID}-00"},
+        {"traceparent": f"00-{TRACE_ID}-{'0' * 16}-00"},
+        {"traceparent": f"00-{TRACE_ID}-{SPAN_ID}-0"},
+        {"traceparent": "", "b3": f"{OTHER_TRACE_ID}-{OTHER_SPAN_ID}-0"},
+    ],
+)
+def test_extract_parent_finds_what_the_propagators_find(carrier) -> None:
+    # Unsampled W3C parents are parsed without the propagators: the result must not differ.
+    expected = B3MultiFormat().extract(carrier)
+    expected = TraceContextTextMapPropagator().extract(carrier, expected)
+
+    for metadata, headers in (((), carrier), (tuple(carrier.items()), {})):
+        found = get_current_span(extract_parent(metadata, headers)).get_span_context()
+        assert found == get_current_span(expected).get_span_context()
+
+
 @pytest.fixture
 def grpc_check(servicer: AuthorizationServicer) -> Iterator[Callable[..., Any]]:
     """Check over a real gRPC server, so the servicer reads real invocation metadata."""
@@ -544,6 +638,19 @@ def test_decision_log_line_has_the_trace_id_of_the_check_span(
 
     (fields,) = decision_fields(caplog)
     assert fields["trace_id"] == hex_trace_id(tracing.check_span()) == TRACE_ID
+
+
+def test_decision_log_has_an_unsampled_callers_trace_id(
+    grpc_check, tracing, make_check_request, caplog
+) -> None:
+    with caplog.at_level(logging.INFO, logger="ext_authz.decision"):
+        grpc_check(
+            make_check_request("GET", "/public/x"), [("traceparent", f"00-{TRACE_ID}-{SPAN_ID}-00")]
+        )
+
+    (fields,) = decision_fields(caplog)
+    assert fields["trace_id"] == TRACE_ID
+    assert tracing.spans() == []
 
 
 def test_decision_log_has_the_callers_trace_id_even_with_tracing_off(
