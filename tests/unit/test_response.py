@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from types import MappingProxyType
+from typing import Any
 
 import pytest
 from google.rpc import code_pb2
@@ -251,3 +252,55 @@ def test_allows_of_one_caller_carry_only_their_own_rate_limit_headers() -> None:
     assert not to_check_response(
         decision, request, HeaderSettings()
     ).ok_response.response_headers_to_add
+
+
+def test_denials_alike_share_nothing_that_differs_per_request() -> None:
+    # A denial's status, headers and body start are built once per outcome, reason and message:
+    # the request id, the decision id and the rate-limit state stay each response's own.
+    def refuse(request_id: str, decision_id: str, left: int) -> tuple[dict[str, Any], str, str]:
+        quota = Quota("users", 40, 2, left, 1)
+        decision = Decision(
+            Outcome.FORBIDDEN,
+            "access_denied",
+            decision_id,
+            BOB,
+            message="no policy rule allows this request",
+            request_id=request_id,
+            quota=quota,
+        )
+        response = to_check_response(decision, request(), HeaderSettings())
+        metadata = response.dynamic_metadata.fields["decision_id"].string_value
+        return (
+            json.loads(response.denied_response.body),
+            metadata,
+            deny_headers(response)["ratelimit"],
+        )
+
+    first = refuse("rid-1", "dec-1", 5)
+    second = refuse('rid-"2"\u00e9', "dec-2", 4)
+
+    assert first == (
+        {
+            "error": "forbidden",
+            "reason": "access_denied",
+            "message": "no policy rule allows this request",
+            "request_id": "rid-1",
+        },
+        "dec-1",
+        '"users";r=5;t=1',
+    )
+    assert second[0]["request_id"] == 'rid-"2"\u00e9'  # escaped, still valid JSON
+    assert second[1:] == ("dec-2", '"users";r=4;t=1')
+
+
+def test_each_allow_carries_its_own_decision_id() -> None:
+    first = to_check_response(allow(), request(), HeaderSettings())
+    second = to_check_response(
+        Decision(Outcome.ALLOW, "allowed", "dec-2", BOB, "policy.csv:10"),
+        request(),
+        HeaderSettings(),
+    )
+
+    ids = [r.dynamic_metadata.fields["decision_id"].string_value for r in (first, second)]
+    assert ids == ["dec-1", "dec-2"]
+    assert first.ok_response == second.ok_response
