@@ -8,6 +8,9 @@ Scenarios (Envoy runs with one worker; its one route is a direct response):
   a        Envoy, no authorization: the ceiling
   b        Envoy jwt_authn + rbac for the demo rules they can express
   c        Envoy + a hand-rolled ext_authz (python-jose + stock casbin.Enforcer per request)
+  t        Envoy + the trivial always-allow servicer (grpc.aio): the most any Python gRPC
+           ext_authz reaches through this Envoy; t-half at half of d's maximum rate (the
+           latency a Check that does nothing adds)
   d        Envoy + ext-authz, the compose config, tracing on at the production default sampling:
            Envoy samples 1% of requests (Istio's default; ext-authz follows Envoy's decision)
   d-notrace  the same with tracing off
@@ -311,6 +314,13 @@ def run(bench: Bench, only: set[str] | None) -> dict[str, Any]:
         envoy_run("b", "native", expected=_native_expected)
     if wanted("c"):
         envoy_run("c", "ext_authz", lambda port, _: bench.baseline("naive", port))
+    if wanted("t"):
+        envoy_run(
+            "t",
+            "ext_authz",
+            lambda port, _: bench.baseline("trivial", port, "--aio"),
+            expected=lambda _: 200,
+        )
     if wanted("d-notrace"):
         envoy_run("d-notrace", "ext_authz", ours())
         envoy_run("d-notrace-half", "ext_authz", ours(), half_of="d-notrace")
@@ -320,6 +330,14 @@ def run(bench: Bench, only: set[str] | None) -> dict[str, Any]:
             "d-half", "ext_authz", ours(), tracing=True, sampling=DEFAULT_SAMPLING, half_of="d"
         )
         envoy_run("a-half", "none", expected=lambda _: 200, half_of="d")
+        if wanted("t"):
+            envoy_run(
+                "t-half",
+                "ext_authz",
+                lambda port, _: bench.baseline("trivial", port, "--aio"),
+                expected=lambda _: 200,
+                half_of="d",
+            )
     if wanted("d-100pct"):
         envoy_run("d-100pct", "ext_authz", ours(), tracing=True, sampling=100)
     if wanted("d-w2"):
