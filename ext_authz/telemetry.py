@@ -22,7 +22,9 @@ Set-up follows the standard OTEL_* environment (``configure_tracing``):
 
 With no exporter no SDK is installed and nothing is recorded (about 10 µs per Check); the
 decision log still carries the caller's trace id, because the API alone continues the incoming
-span context.
+span context. A caller's unsampled W3C trace (99 checks in 100 when Envoy samples 1%) is parsed
+without the propagators and carried as it is, without a span, whenever the sampler would drop
+that span anyway (skips_unsampled_callers): a few µs instead of ~20.
 
 No span or attribute ever holds a credential, a cookie, a query value or the Authorization header.
 """
@@ -95,9 +97,9 @@ __all__ = [
     "check_span",
     "configure_tracing",
     "extract_parent",
-    "skips_unsampled_callers",
     "phase_tracer",
     "shutdown_tracing",
+    "skips_unsampled_callers",
     "span_exporters_from_env",
     "tracer_provider_from_env",
 ]
