@@ -87,6 +87,8 @@ class CasbinPolicyEngine:
     ) -> None:
         self._enforcer = enforcer
         self._needs = needs or ContextNeeds()
+        # Most policies have no condition reading the request: one shared empty context.
+        self._no_context = RequestContext() if self._needs == ContextNeeds() else None
         self._clock = clock
         # Keyed on everything a decision reads (the Identity fields principals come from, the
         # request's method, path and query, and the context its conditions read), so a hit
@@ -130,13 +132,15 @@ class CasbinPolicyEngine:
         return info.hits, info.misses
 
     def decide(self, identity: Identity, request: AuthRequest) -> PolicyResult:
-        ctx = self._needs.context(
-            claims=identity.claims,
-            headers=request.headers,
-            host=request.host,
-            source=request.source_address,
-            clock=self._clock,
-        )
+        ctx = self._no_context
+        if ctx is None:
+            ctx = self._needs.context(
+                claims=identity.claims,
+                headers=request.headers,
+                host=request.host,
+                source=request.source_address,
+                clock=self._clock,
+            )
         return self._decide(
             identity.authenticated,
             identity.subject,
