@@ -26,6 +26,7 @@ def test_no_authorization_header_means_no_token() -> None:
     [
         (f"Bearer {JWT}", JWT),
         (f"bearer {JWT}", JWT),
+        (f"BeArEr {JWT}", JWT),
         (f"BEARER {JWT}", JWT),
         (f"  Bearer {JWT}  ", JWT),
         ("Bearer abc-._~+/==", "abc-._~+/=="),
