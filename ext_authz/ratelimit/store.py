@@ -84,19 +84,13 @@ class LocalStore:
             if new_tat is not None:
                 buckets[key] = new_tat
                 buckets.move_to_end(key)
-                oldest = next(iter(buckets))  # the common case: nothing to drop
-                if buckets[oldest] <= now or len(buckets) > self._max_keys:
-                    self._trim(now)
+                # The oldest entry first: drop it if full again, or if over the bound.
+                while buckets:
+                    oldest = next(iter(buckets))
+                    if buckets[oldest] > now and len(buckets) <= self._max_keys:
+                        break
+                    del buckets[oldest]
         return taken
-
-    def _trim(self, now: int) -> None:
-        # The oldest entry first: drop it if full again, or if over the bound.
-        buckets = self._buckets
-        while buckets:
-            oldest, tat = next(iter(buckets.items()))
-            if tat > now and len(buckets) <= self._max_keys:
-                return
-            del buckets[oldest]
 
     def block(self, key: str, ttl_s: int, reason: str) -> None:
         now = self._clock()
