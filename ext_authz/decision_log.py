@@ -42,6 +42,7 @@ FLUSH_INTERVAL_S = 0.1
 PIPE_BUF = 4096
 
 log = logging.getLogger(DECISION_LOGGER)
+_INFO = logging.INFO
 
 # One encoder for every line: json.dumps with options builds a new one per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
@@ -253,7 +254,7 @@ class DecisionLog:
 
 def log_decision(decision: Decision, request: AuthRequest | None, latency_s: float) -> None:
     """Log one decision; ``trace_id`` is the current span's (the Check's), else null."""
-    if not log.isEnabledFor(logging.INFO):
+    if not log.isEnabledFor(_INFO):
         return
     span_context = trace.get_current_span().get_span_context()
     # f"{:032x}" is what trace.format_trace_id does, without the call.
@@ -309,12 +310,13 @@ def _sole_handler() -> tuple[BatchingHandler, JsonFormatter] | None:
     found = None
     logger: logging.Logger | None = log
     while logger is not None:
-        for handler in logger.handlers:
-            if found is not None or type(handler) is not BatchingHandler:
+        handlers = logger.handlers
+        if handlers:  # most loggers on the way have none: no loop over them
+            if found is not None or len(handlers) > 1:
                 return None
-            found = handler
+            found = handlers[0]
         logger = logger.parent if logger.propagate else None
-    if found is None or found.filters or found.level > logging.INFO:
+    if type(found) is not BatchingHandler or found.filters or found.level > _INFO:
         return None
     formatter = found.formatter
     if type(formatter) is not JsonFormatter:

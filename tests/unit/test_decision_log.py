@@ -196,6 +196,29 @@ def test_a_decision_is_the_same_line_whether_or_not_another_handler_sees_it(
     assert record.getMessage() == f"{decision.outcome.value} {decision.reason_code}"
 
 
+def test_one_formatter_writes_each_outcome_and_reason_code_as_decided() -> None:
+    # The JSON only the outcome and reason code make is made once per pair and remembered.
+    formatter = JsonFormatter()
+    cases = [
+        (Outcome.FORBIDDEN, "access_denied"),
+        (Outcome.UNAUTHENTICATED, "access_denied"),
+        (Outcome.FORBIDDEN, "blocked"),
+        (Outcome.FORBIDDEN, 'odd "code" \u2028'),
+    ]
+    for _ in range(2):
+        for outcome, reason in cases:
+            line = formatter.decision_line(Decision(outcome, reason, "d"), None, 1.0, None, [])
+            fields = json.loads(line)
+            assert (fields["message"], fields["decision"], fields["reason_code"]) == (
+                f"{outcome.value} {reason}",
+                outcome.value,
+                reason,
+            )
+    for index in range(5000):
+        formatter.decision_line(Decision(Outcome.ERROR, f"code_{index}", "d"), None, 1.0, None, [])
+    assert len(formatter._verdicts) <= 1024
+
+
 def test_another_handler_gets_records_with_the_fields(configure: Configure) -> None:
     stderr = configure("info")
     other = Records()
