@@ -51,6 +51,14 @@ _VERDICTS_KEPT = 1024  # (outcome, reason code) pairs; the code has a few dozen 
 _ALLOW = Outcome.ALLOW  # a local name: looking a member up on its Enum class is slow
 
 
+def _latency_ms(latency_s: float) -> str:
+    """How the JSON encoder writes ``round(latency_s * 1000, 3)`` (its repr), made from the same
+    correctly rounded digits without parsing them back into a float: in half the time, and the
+    same text for any latency under a century (a test compares the two)."""
+    text = f"{latency_s * 1000:.3f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
 class JsonFormatter(logging.Formatter):
     """Formats every record as one JSON object; structured fields come from ``extra={"fields"}``,
     then ``worker`` (the `serve --workers` index) when given."""
@@ -81,7 +89,7 @@ class JsonFormatter(logging.Formatter):
         self,
         decision: Decision,
         request: AuthRequest | None,
-        latency_ms: float,
+        latency_s: float,
         trace_id: str | None,
         query_names: list[str],
     ) -> str:
@@ -104,7 +112,7 @@ class JsonFormatter(logging.Formatter):
             f"{verdict[1]}{_quote(identity.subject)},"
             f'"roles":[{",".join(map(_quote, identity.roles))}],'
             f'"matched_rule":{"null" if matched_rule is None else _quote(matched_rule)},'
-            f'"latency_ms":{latency_ms!r},"request_id":{_quote(decision.request_id)},'
+            f'"latency_ms":{_latency_ms(latency_s)},"request_id":{_quote(decision.request_id)},'
             f'"trace_id":{"null" if trace_id is None else _quote(trace_id)}'
             f"{request_json}{self._worker_json}}}"
         )
@@ -259,15 +267,15 @@ def log_decision(decision: Decision, request: AuthRequest | None, latency_s: flo
     span_context = trace.get_current_span().get_span_context()
     # f"{:032x}" is what trace.format_trace_id does, without the call.
     trace_id = f"{span_context.trace_id:032x}" if span_context.is_valid else None
-    latency_ms = round(latency_s * 1000, 3)
     # Names only: query values can carry tokens or personal data.
     query = request.query if request is not None else ()
     query_names = sorted({name for name, _ in query}) if query else []
     direct = _sole_handler()
     if direct is not None:
         handler, formatter = direct
-        handler.queue(formatter.decision_line(decision, request, latency_ms, trace_id, query_names))
+        handler.queue(formatter.decision_line(decision, request, latency_s, trace_id, query_names))
         return
+    latency_ms = round(latency_s * 1000, 3)
     fields: dict[str, object] = {
         "event": "decision",
         "decision_id": decision.decision_id,
