@@ -47,7 +47,7 @@ class LimitRule:
     name: str
     per: str
     burst: int
-    window: int  # the RateLimit-Policy ``w`` (see guard.py)
+    window: int  # the RateLimit-Policy ``w`` (see compile)
     prefix: str  # of every bucket key: ``limit:<name>:``
     restricted: bool  # names callers or a route class: the checks below apply
     subjects: frozenset[str]
