@@ -32,6 +32,8 @@ TOP_SHOWN = 10
 EVENTS_KEPT = 50
 MAX_VALUE_CHARS = 200  # longer strings (paths, event fields) are cut to this
 
+_ALLOW = Outcome.ALLOW  # a local name: looking a member up on its Enum class is slow
+
 Scalar = str | int | float | bool | None
 Blocks = Callable[[], Sequence[Mapping[str, object]]]
 
@@ -111,14 +113,13 @@ class LiveView:
         now = self._clock()
         second = int(now)
         slot = second % RATE_WINDOW
-        denied = decision.outcome is not Outcome.ALLOW
         with self._lock:
             if self._seconds[slot] != second:
                 self._seconds[slot] = second
                 self._totals[slot] = 0
                 self._denied[slot] = 0
             self._totals[slot] += 1
-            if not denied:
+            if decision.outcome is _ALLOW:
                 return
             self._denied[slot] += 1
             if request is None:  # it could not be parsed: no path or address to count

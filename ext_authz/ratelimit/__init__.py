@@ -14,7 +14,7 @@ from ext_authz.ratelimit.backend import open_store
 from ext_authz.ratelimit.failover import FailoverStore
 from ext_authz.ratelimit.guard import RateLimiter
 from ext_authz.ratelimit.headers import quota_headers
-from ext_authz.ratelimit.rules import LimitRule, compile_rules, select
+from ext_authz.ratelimit.rules import LimitRule, Rules, compile_rules, select
 from ext_authz.ratelimit.store import LocalStore, Store, StoredBlock
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "LimitRule",
     "LocalStore",
     "RateLimiter",
+    "Rules",
     "Store",
     "StoredBlock",
     "compile_rules",

@@ -12,7 +12,7 @@ Redis, with Redis's own clock. Integers keep both exact and identical.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["Taken", "interval_us", "take"]
 
@@ -25,9 +25,10 @@ def interval_us(rate: int, period: int) -> int:
     return -(-period * _US // rate)
 
 
-@dataclass(frozen=True, slots=True)
-class Taken:
-    """The answer for one request: whether it may pass, what is left, and when to come back."""
+class Taken(NamedTuple):
+    """The answer for one request: whether it may pass, what is left, and when to come back.
+    (A NamedTuple: immutable like a frozen dataclass, and made in a third less time, once per
+    rate-limited Check.)"""
 
     allowed: bool
     remaining: int  # requests that would pass right now, after this one

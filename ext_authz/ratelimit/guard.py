@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 from ext_authz.errors import RateLimitedError
 from ext_authz.models import AuthRequest, Identity, Quota
-from ext_authz.ratelimit.rules import LimitRule, select
+from ext_authz.ratelimit.rules import Rules, select
 from ext_authz.ratelimit.store import Store
 
 __all__ = ["RateLimiter"]
-
-
-def _quota(rule: LimitRule, remaining: int, reset_s: int) -> Quota:
-    # The draft's policy is `q` units per `w` seconds and `r` counts down from `q`. For a token
-    # bucket that is the burst over the time an empty bucket takes to fill (rounded up, so the
-    # advertised rate is never above the real one); `rate` per `period` would let `r` exceed `q`.
-    settings = rule.settings
-    window = math.ceil(settings.burst * settings.period / settings.rate)
-    return Quota(rule.name, settings.burst, window, remaining, reset_s)
 
 
 class RateLimiter:
@@ -26,7 +15,7 @@ class RateLimiter:
     RateLimitedError (429, Retry-After, RateLimit headers). Allowed: returns the Quota when
     ``headers_on_allow`` is set, so the client sees what is left."""
 
-    def __init__(self, rules: tuple[LimitRule, ...], store: Store, headers_on_allow: bool) -> None:
+    def __init__(self, rules: Rules, store: Store, headers_on_allow: bool) -> None:
         self._rules = rules
         self._store = store
         self._headers_on_allow = headers_on_allow
@@ -36,14 +25,14 @@ class RateLimiter:
         if found is None:
             return None
         rule, key = found
-        taken = self._store.take(key, rule.interval_us, rule.settings.burst)
+        taken = self._store.take(key, rule.interval_us, rule.burst)
         if not taken.allowed:
             retry_after = taken.retry_after_s
             raise RateLimitedError(
                 f"over the rate limit {rule.name!r}; retry in {retry_after} seconds",
                 retry_after,
-                _quota(rule, 0, retry_after),
+                rule.quota(0, retry_after),
             )
         if not self._headers_on_allow:
             return None
-        return _quota(rule, taken.remaining, taken.reset_after_s)
+        return rule.quota(taken.remaining, taken.reset_after_s)

@@ -76,26 +76,21 @@ class LocalStore:
         """Buckets held."""
         return len(self._buckets)
 
-    def _now_us(self) -> int:
-        return int(self._clock() * _US)
-
     def take(self, key: str, interval_us: int, burst: int) -> Taken:
-        now = self._now_us()
+        now = int(self._clock() * _US)
+        buckets = self._buckets
         with self._lock:
-            new_tat, taken = take(self._buckets.get(key), now, interval_us, burst)
+            new_tat, taken = take(buckets.get(key), now, interval_us, burst)
             if new_tat is not None:
-                self._buckets[key] = new_tat
-                self._buckets.move_to_end(key)
-                self._trim(now)
+                buckets[key] = new_tat
+                buckets.move_to_end(key)
+                # The oldest entry first: drop it if full again, or if over the bound.
+                while buckets:
+                    oldest = next(iter(buckets))
+                    if buckets[oldest] > now and len(buckets) <= self._max_keys:
+                        break
+                    del buckets[oldest]
         return taken
-
-    def _trim(self, now: int) -> None:
-        # The oldest entry first: drop it if full again, or if over the bound.
-        while self._buckets:
-            oldest, tat = next(iter(self._buckets.items()))
-            if tat > now and len(self._buckets) <= self._max_keys:
-                return
-            del self._buckets[oldest]
 
     def block(self, key: str, ttl_s: int, reason: str) -> None:
         now = self._clock()

@@ -146,12 +146,14 @@ class DistinctDetector(_KeyedDetector[_Distinct]):
         super().__init__(settings, max_keys, _Distinct)
 
     def record(self, key: str, value: str, now: float, request_id: str) -> Crossing | None:
+        digest = hash(value)
+        horizon = now - self.window
         with self._lock:
             track = self._track(key)
             seen = track.seen
-            seen[hash(value)] = now
-            seen.move_to_end(hash(value))  # ordered by last sighting, oldest first
-            while next(iter(seen.values())) <= now - self.window:
+            seen[digest] = now
+            seen.move_to_end(digest)  # ordered by last sighting, oldest first
+            while seen[next(iter(seen))] <= horizon:
                 seen.popitem(last=False)
             if len(seen) > self._threshold + 1:  # while quiet: more would add nothing
                 seen.popitem(last=False)
@@ -170,22 +172,34 @@ class _Buckets:
         self.width = width
         self._keep = math.ceil(span / width) + 1
         self._counts: deque[list[int]] = deque()  # [bucket index, count], oldest first
+        self._sum = 0  # of every count kept: a total is this minus the few buckets outside
 
     def add(self, now: float) -> None:
         index = math.floor(now / self.width)
-        if self._counts and self._counts[-1][0] == index:
-            self._counts[-1][1] += 1
+        counts = self._counts
+        if counts and counts[-1][0] == index:
+            counts[-1][1] += 1
         else:
-            self._counts.append([index, 1])
-        while self._counts[0][0] <= index - self._keep:
-            self._counts.popleft()
+            counts.append([index, 1])
+        self._sum += 1
+        while counts[0][0] <= index - self._keep:
+            self._sum -= counts.popleft()[1]
 
     def total(self, start: float, end: float = math.inf) -> int:
         """Occurrences in the buckets that lie wholly within [start, end)."""
         first = math.ceil(start / self.width)
-        return sum(
-            n for index, n in self._counts if index >= first and (index + 1) * self.width <= end
-        )
+        counts = self._counts
+        total = self._sum
+        # Buckets are in index order, so those outside are a few at the front (before start)
+        # and a few at the back (past end): subtracted instead of summing the ~100 inside.
+        low, high = 0, len(counts)
+        while low < high and counts[low][0] < first:
+            total -= counts[low][1]
+            low += 1
+        while high > low and (counts[high - 1][0] + 1) * self.width > end:
+            total -= counts[high - 1][1]
+            high -= 1
+        return total
 
     def covered(self, start: float, end: float) -> float:
         """The seconds the whole buckets within [start, end) span."""

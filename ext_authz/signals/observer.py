@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 EventCallback = Callable[[SecurityEvent], None]
 
 _DENIED = frozenset({Outcome.UNAUTHENTICATED, Outcome.FORBIDDEN})
+_BLOCKED = BlockedError.code
+_ALLOW = Outcome.ALLOW  # a local name: looking a member up on its Enum class is slow
 # Refusals that come after the credential was verified: the subject the token names is authentic.
 _VERIFIED_REFUSALS = frozenset({ExpiredTokenError.code, RevokedTokenError.code})
 
@@ -126,11 +128,20 @@ class SecuritySignals:
             self.webhook.stop()
 
     def observe(self, decision: Decision, request: AuthRequest | None, latency_s: float) -> None:
-        if request is None or decision.reason_code == BlockedError.code:
+        if request is None or decision.reason_code == _BLOCKED:
             return  # an unparsed request names no address; a blocked one is dealt with
+        address = request.source_address
+        if decision.outcome is _ALLOW:
+            # The common case: only token theft counts it, and only for a signed-in caller.
+            identity = decision.identity
+            if identity.authenticated and identity.subject and address:
+                now = self._clock()
+                crossing = self._theft.record(identity.subject, address, now, decision.request_id)
+                if crossing is not None:
+                    self._emit(SignalKind.TOKEN_THEFT, crossing, now)
+            return
         now = self._clock()
         request_id = decision.request_id
-        address = request.source_address
         subject = self._subject(decision, request)
         found: list[tuple[SignalKind, Crossing | None]] = []
         if decision.outcome in _DENIED:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from typing import Protocol
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
@@ -23,6 +25,7 @@ from ext_authz.decision_log import (
     BatchingHandler,
     DecisionLog,
     JsonFormatter,
+    _latency_ms,
     log_decision,
 )
 from ext_authz.logging_setup import configure_logging
@@ -194,6 +197,42 @@ def test_a_decision_is_the_same_line_whether_or_not_another_handler_sees_it(
     (record,) = other.records
     assert JsonFormatter(worker).format(record) + "\n" == direct
     assert record.getMessage() == f"{decision.outcome.value} {decision.reason_code}"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.floats(0, 3e9),  # seconds: under a century
+        st.floats(0, 0.01),
+        st.integers(0, 10**9).map(lambda n: n / 1e6),
+        st.integers(0, 10**9).map(lambda n: (n + 0.5) / 1e6),  # halfway between two µs
+    )
+)
+def test_the_latency_text_is_how_json_writes_the_rounded_milliseconds(latency_s: float) -> None:
+    assert _latency_ms(latency_s) == repr(round(latency_s * 1000, 3))
+
+
+def test_one_formatter_writes_each_outcome_and_reason_code_as_decided() -> None:
+    # The JSON only the outcome and reason code make is made once per pair and remembered.
+    formatter = JsonFormatter()
+    cases = [
+        (Outcome.FORBIDDEN, "access_denied"),
+        (Outcome.UNAUTHENTICATED, "access_denied"),
+        (Outcome.FORBIDDEN, "blocked"),
+        (Outcome.FORBIDDEN, 'odd "code" \u2028'),
+    ]
+    for _ in range(2):
+        for outcome, reason in cases:
+            line = formatter.decision_line(Decision(outcome, reason, "d"), None, 1.0, None, [])
+            fields = json.loads(line)
+            assert (fields["message"], fields["decision"], fields["reason_code"]) == (
+                f"{outcome.value} {reason}",
+                outcome.value,
+                reason,
+            )
+    for index in range(5000):
+        formatter.decision_line(Decision(Outcome.ERROR, f"code_{index}", "d"), None, 1.0, None, [])
+    assert len(formatter._verdicts) <= 1024
 
 
 def test_another_handler_gets_records_with_the_fields(configure: Configure) -> None:

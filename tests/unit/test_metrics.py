@@ -82,6 +82,29 @@ def test_decisions_are_counted_by_decision_and_reason() -> None:
     }
 
 
+def test_each_outcome_and_reason_is_its_own_series_and_every_non_code_is_other() -> None:
+    # What a decision counts in is looked up by (outcome, reason) as decided, and remembered.
+    metrics = Metrics()
+    for _ in range(2):
+        metrics.observe(decision(Outcome.FORBIDDEN, "access_denied"), None, 0.001)
+        metrics.observe(decision(Outcome.UNAUTHENTICATED, "access_denied"), None, 0.001)
+        metrics.observe(decision(Outcome.ERROR, "Not A Code"), None, 0.001)
+        metrics.observe(decision(Outcome.ERROR, "/not/a/code"), None, 0.001)
+    for index in range(5000):  # a caller passing request data as codes: still bounded
+        metrics.observe(decision(Outcome.ERROR, f"Bad {index}"), None, 0.001)
+    assert samples(metrics)["ext_authz_decisions_total"] == {
+        labels(decision="forbidden", reason="access_denied"): 2,
+        labels(decision="unauthenticated", reason="access_denied"): 2,
+        labels(decision="error", reason="other"): 5004,
+    }
+    assert samples(metrics)["ext_authz_decision_duration_seconds_count"] == {
+        labels(decision="forbidden"): 2,
+        labels(decision="unauthenticated"): 2,
+        labels(decision="error"): 5004,
+    }
+    assert len(metrics._decisions._cells) <= 1024
+
+
 def test_latency_histogram_has_the_buckets_and_the_observations() -> None:
     metrics = Metrics()
     for latency in (0.00004, 0.0003, 0.0003, 0.02, 2.0):

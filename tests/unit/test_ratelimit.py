@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ext_authz.errors import ConfigError, RateLimitedError, RateLimitUnavailableError
-from ext_authz.models import ANONYMOUS, AuthRequest, Decision, Identity, Outcome
+from ext_authz.models import ANONYMOUS, AuthRequest, Decision, Identity, Outcome, Quota
 from ext_authz.pipeline import refusal
 from ext_authz.ratelimit import FailoverStore, LocalStore, RateLimiter, compile_rules, select
 from ext_authz.ratelimit.bucket import Taken, interval_us, take
@@ -143,6 +143,62 @@ def test_an_api_key_bucket_beats_a_subject_bucket() -> None:
 def test_a_request_no_rule_applies_to_is_not_limited() -> None:
     only_users = compile_rules([rule("users", "subject")])
     assert select(only_users, ANONYMOUS, request()) is None
+
+
+CALLERS = [
+    ANONYMOUS,
+    Identity("bob"),
+    ALICE,
+    CI_KEY,
+    Identity("robot", method="api_key", issuer="api-key:other"),
+    Identity("robot", method="api_key", issuer="not-an-api-key"),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    caller=st.sampled_from(CALLERS),
+    path=st.sampled_from(["/api/books", "/api/books/7", "/login", "/", "/api"]),
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE"]),
+    source=st.sampled_from(["192.0.2.1", "10.1.2.3", "10.255.0.1", "2001:db8::1", "not-an-ip"]),
+)
+def test_the_rules_tried_for_a_kind_of_caller_pick_what_trying_every_rule_would(
+    caller: Identity, path: str, method: str, source: str
+) -> None:
+    req = request(path, method, source)
+    is_key = caller.method == "api_key" and caller.issuer.startswith("api-key:")
+    api_key = caller.issuer.removeprefix("api-key:") if is_key else None
+    keys = ((rule, rule.key(caller, req, api_key)) for rule in RULES.ordered)
+    every_rule = next(((rule, key) for rule, key in keys if key is not None), None)
+    assert select(RULES, caller, req) == every_rule
+
+
+def test_a_rule_for_some_addresses_answers_each_address_for_itself() -> None:
+    # Whether an address is in the rule's networks is remembered: never for another address.
+    for _ in range(3):
+        assert applies(ANONYMOUS, request(source="10.1.2.3"))[0] == "office"
+        assert applies(ANONYMOUS, request(source="192.0.2.1"))[0] == "anonymous"
+        assert applies(ANONYMOUS, request(source="not-an-ip"))[0] == "anonymous"
+    office = next(rule for rule in RULES.ordered if rule.name == "office")
+    for index in range(10_000):  # a flood of addresses: answers still right, memory bounded
+        inside = index % 2 == 0
+        source = f"{10 if inside else 11}.0.{index >> 8 & 255}.{index & 255}"
+        assert (applies(ANONYMOUS, request(source=source))[0] == "office") is inside
+        assert len(office.in_networks) <= 4096
+
+
+def test_each_rule_and_bucket_state_has_its_own_quota() -> None:
+    users, partner = (
+        next(rule for rule in RULES.ordered if rule.name == name) for name in ("users", "partner")
+    )
+    assert users.quota(3, 1) == Quota("users", 20, 2, 3, 1)
+    assert partner.quota(3, 1) == Quota("partner", 100, 1, 3, 1)
+    assert users.quota(2, 1) == Quota("users", 20, 2, 2, 1)
+    assert users.quota(3, 2) == Quota("users", 20, 2, 3, 2)
+    assert users.quota(3, 1) is users.quota(3, 1)  # immutable: one object for the same state
+    for remaining in range(5000):
+        assert users.quota(remaining, 1).remaining == remaining
+    assert len(users.quotas) <= 1024
 
 
 # -- settings ----------------------------------------------------------------------------------

@@ -6,10 +6,12 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
+from itertools import accumulate
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -17,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 from fakes import FakeClock, LocalHttpServer, wait_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from ext_authz.decision_log import JsonFormatter
@@ -40,7 +44,7 @@ from ext_authz.signals import (
     SignalKind,
     WebhookSink,
 )
-from ext_authz.signals.detectors import SAMPLE_SIZE
+from ext_authz.signals.detectors import SAMPLE_SIZE, _Buckets
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 ISSUER = "https://issuer.test"  # the issuer make_token signs for
@@ -314,6 +318,33 @@ def test_deny_spike_counts_401_and_403_but_not_allows_or_400s() -> None:
     assert recorder.events == []
     recorder.send(decision(Outcome.FORBIDDEN, "access_denied", ALICE), times=20, every=0.01)
     assert SignalKind.DENY_SPIKE in recorder.kinds()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    width=st.sampled_from([0.1, 0.5, 1.0, 3.0]),
+    span=st.sampled_from([1.0, 10.0, 310.0]),
+    gaps=st.lists(st.floats(0, 5), min_size=1, max_size=300),
+    bounds=st.lists(st.tuples(st.floats(0, 400), st.floats(-10, 400)), min_size=1, max_size=5),
+)
+def test_deny_counts_over_any_span_are_those_of_the_buckets_kept_inside_it(
+    width: float, span: float, gaps: list[float], bounds: list[tuple[float, float]]
+) -> None:
+    # The spike detector's totals come from a running sum less the buckets outside the span:
+    # they must equal counting every kept occurrence whose bucket lies wholly inside it.
+    buckets = _Buckets(width, span)
+    times = list(accumulate(gaps, initial=1000.0))[1:]
+    for now in times:
+        buckets.add(now)
+    newest = math.floor(times[-1] / width)
+    kept = [math.floor(t / width) for t in times]
+    kept = [index for index in kept if index > newest - (math.ceil(span / width) + 1)]
+    for back, length in bounds:
+        start = times[-1] - back
+        for end in (start + length, math.inf):
+            first = math.ceil(start / width)
+            inside = [index for index in kept if index >= first and (index + 1) * width <= end]
+            assert buckets.total(start, end) == len(inside)
 
 
 # --- bounded memory and thread safety ----------------------------------------------------------
