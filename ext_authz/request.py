@@ -29,6 +29,8 @@ _PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@/%]*")
 _QUERY_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@/?%]*")
 # Unicode category Cc: the C0 controls, DEL and the C1 controls.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# Most routes set no context extensions: one shared empty map.
+_NO_EXTENSIONS: Mapping[str, str] = MappingProxyType({})
 # Frameworks that honour these would run another method than the one the policy allowed.
 METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
 
@@ -68,10 +70,10 @@ def _normalize_path(raw: str) -> str:
             "path contains a character that is not allowed (';', '\\', space, control or non-ASCII)"
         )
     path = _percent_decode(raw, _FORBIDDEN_DECODED_PATH, "path", plus=False)
-    segments = path.split("/")[1:]
-    if any(segment in (".", "..") for segment in segments):
+    # Only a path with a dot can have a dot segment: most have none, and skip the split.
+    if "." in path and any(segment in (".", "..") for segment in path.split("/")):
         raise InvalidRequestError("path contains a '.' or '..' segment")
-    if "" in segments[:-1]:
+    if "//" in path:  # an empty segment before the last
         raise InvalidRequestError("path contains an empty segment ('//')")
     return path
 
@@ -141,7 +143,11 @@ def to_auth_request(check: external_auth_pb2.CheckRequest) -> AuthRequest:
         peer_principal=attributes.source.principal,
         # x-request-id (which Envoy generates) ties our log to Envoy's; http.id is a stream id.
         request_id=headers.get("x-request-id") or http.id,
-        context_extensions=MappingProxyType(dict(attributes.context_extensions)),
+        context_extensions=(
+            MappingProxyType(dict(extensions))
+            if (extensions := attributes.context_extensions)
+            else _NO_EXTENSIONS
+        ),
     )
 
 
