@@ -191,7 +191,10 @@ class AuthPipeline:
             span.set_attribute(ATTR_CREDENTIAL_SOURCE, credential.source)
         with _phase(SPAN_IDENTITY, recording) as span:
             identity = self._authenticate(credential)
-            span.set_attributes({ATTR_PROVIDER: identity.issuer, ATTR_AUTH_METHOD: identity.method})
+            if recording:
+                span.set_attributes(
+                    {ATTR_PROVIDER: identity.issuer, ATTR_AUTH_METHOD: identity.method}
+                )
         return identity
 
     def _guard(self, identity: Identity, request: AuthRequest, recording: bool) -> Quota | None:
