@@ -308,6 +308,16 @@ def run(bench: Bench, only: set[str] | None) -> dict[str, Any]:
     def ours(workers: int = 1) -> Callable[[int, int], procs.Proc]:
         return lambda port, otlp: bench.ours(port, workers=workers, otlp=otlp)
 
+    def trivial(name: str, half_of: str | None = None) -> None:
+        """Envoy in front of the trivial grpc.aio servicer (it allows everything)."""
+        envoy_run(
+            name,
+            "ext_authz",
+            lambda port, _: bench.baseline("trivial", port, "--aio"),
+            expected=lambda _: 200,
+            half_of=half_of,
+        )
+
     if wanted("a"):
         envoy_run("a", "none", expected=lambda _: 200)
     if wanted("b"):
@@ -315,12 +325,7 @@ def run(bench: Bench, only: set[str] | None) -> dict[str, Any]:
     if wanted("c"):
         envoy_run("c", "ext_authz", lambda port, _: bench.baseline("naive", port))
     if wanted("t"):
-        envoy_run(
-            "t",
-            "ext_authz",
-            lambda port, _: bench.baseline("trivial", port, "--aio"),
-            expected=lambda _: 200,
-        )
+        trivial("t")
     if wanted("d-notrace"):
         envoy_run("d-notrace", "ext_authz", ours())
         envoy_run("d-notrace-half", "ext_authz", ours(), half_of="d-notrace")
@@ -331,13 +336,7 @@ def run(bench: Bench, only: set[str] | None) -> dict[str, Any]:
         )
         envoy_run("a-half", "none", expected=lambda _: 200, half_of="d")
         if wanted("t"):
-            envoy_run(
-                "t-half",
-                "ext_authz",
-                lambda port, _: bench.baseline("trivial", port, "--aio"),
-                expected=lambda _: 200,
-                half_of="d",
-            )
+            trivial("t-half", half_of="d")
     if wanted("d-100pct"):
         envoy_run("d-100pct", "ext_authz", ours(), tracing=True, sampling=100)
     if wanted("d-w2"):
