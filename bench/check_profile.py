@@ -3,8 +3,9 @@ for each part, with the compose config and the benchmark's request mix.
 
     python -m bench.check_profile
 
-Parts are timed inside a full Check (a Check with that part removed, subtracted from the
-whole), because timed alone in a tight loop they look two to three times cheaper than they are.
+Parts are timed inside a full Check (a Check with that part, less one without it, timed in
+alternate rounds; the median difference), because timed alone in a tight loop they look two to
+three times cheaper than they are.
 Tracing is timed with the OpenTelemetry SDK at the production default (Envoy samples 1%: each
 Check gets Envoy's trace context in its gRPC metadata, sampled in 1 of 100), then recording
 every Check (as Envoy's 100% sampling makes it), first dropping the spans, then exporting them
@@ -19,7 +20,6 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +65,30 @@ class _Drop(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def cpu_us(check: Callable[[int], object], count: int = PER_ROUND) -> float:
-    """Median over rounds of process CPU µs per call (background threads included)."""
-    rounds = []
+_Run = tuple[Any, list[Any], list[Any]]  # a servicer, its CheckRequests, their gRPC contexts
+
+
+def _round_us(run: _Run) -> float:
+    """Process CPU µs per Check over one pass (background threads included)."""
+    servicer, checks, contexts = run
+    started = time.process_time()
+    for check, context in zip(checks, contexts, strict=True):
+        servicer.Check(check, context)
+    return (time.process_time() - started) / len(checks) * 1e6
+
+
+def paired_us(base: _Run, variant: _Run) -> tuple[float, float]:
+    """The median µs per Check of ``base``, and the median over rounds of what ``variant``
+    adds to it: the two are timed alternately, so a shared machine's drift falls on both."""
+    for servicer, checks, contexts in (base, variant):  # warm: tokens verified, caches filled
+        for check, context in zip(checks, contexts, strict=True):
+            servicer.Check(check, context)
+    bases, added = [], []
     for _ in range(ROUNDS):
-        started = time.process_time()
-        for index in range(count):
-            check(index)
-        rounds.append((time.process_time() - started) / count * 1e6)
-    return round(sorted(rounds)[ROUNDS // 2], 1)
+        before = _round_us(base)
+        bases.append(before)
+        added.append(_round_us(variant) - before)
+    return round(sorted(bases)[ROUNDS // 2], 1), round(sorted(added)[ROUNDS // 2], 1)
 
 
 def _servicer(runtime: Runtime, tracer_provider: TracerProvider | None = None) -> Any:
@@ -107,27 +122,28 @@ def main() -> int:
 
 
 def _measure(runtime: Runtime, checks: list[Any], callers: list[_GrpcContext]) -> dict[str, float]:
-    def whole(servicer: Any, contexts: list[Any] | None = None) -> float:
-        context = contexts or [None] * len(checks)
-        for check, call in zip(checks, context, strict=True):  # warm: tokens verified, caches
-            servicer.Check(check, call)
-        return cpu_us(lambda i: servicer.Check(checks[i], context[i]))
+    plain: list[Any] = [None] * len(checks)
+
+    def run(
+        observers: Any = None, spans: TracerProvider | None = None, contexts: Any = None
+    ) -> _Run:
+        alone = runtime if observers is None else dataclasses.replace(runtime, observers=observers)
+        return _servicer(alone, spans), checks, contexts or plain
 
     rows: dict[str, float] = {}
-    total = rows["Check, tracing off (everything below)"] = whole(_servicer(runtime))
-    bare = whole(_servicer(dataclasses.replace(runtime, observers=())))
+    bare, total = paired_us(run(observers=()), run())
+    rows["Check, tracing off (everything below)"] = round(bare + total, 1)
     rows["  request parsing, pipeline, response, span context"] = bare
     for observer in runtime.observers:
-        alone = dataclasses.replace(runtime, observers=(observer,))
-        rows[f"  observer {type(observer).__name__}"] = round(whole(_servicer(alone)) - bare, 1)
+        rows[f"  observer {type(observer).__name__}"] = paired_us(
+            run(observers=()), run(observers=(observer,))
+        )[1]
     spans = TracerProvider(shutdown_on_exit=False)
     spans.add_span_processor(BatchSpanProcessor(_Drop()))
     rows[f"  + tracing at 1%: Envoy's context on each Check, 1 in {SAMPLED_ONE_IN} recorded"] = (
-        round(whole(_servicer(runtime, spans), callers) - total, 1)
+        paired_us(run(), run(spans=spans, contexts=callers))[1]
     )
-    rows["  + tracing: spans recorded, dropped"] = round(
-        whole(_servicer(runtime, spans)) - total, 1
-    )
+    rows["  + tracing: spans recorded, dropped"] = paired_us(run(), run(spans=spans))[1]
     spans.shutdown()
     sink = _otlp_sink()
     try:
@@ -136,9 +152,7 @@ def _measure(runtime: Runtime, checks: list[Any], callers: list[_GrpcContext]) -
         exported = TracerProvider(shutdown_on_exit=False)
         exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{sink[1]}", insecure=True)
         exported.add_span_processor(BatchSpanProcessor(exporter))
-        rows["  + tracing: spans exported over OTLP"] = round(
-            whole(_servicer(runtime, exported)) - total, 1
-        )
+        rows["  + tracing: spans exported over OTLP"] = paired_us(run(), run(spans=exported))[1]
         exported.shutdown()
     finally:
         procs.stop(sink[0])
