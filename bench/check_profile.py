@@ -20,6 +20,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from bench.service_config import service_config
 from ext_authz.demo.credentials import ensure_demo_credentials
 from ext_authz.demo.keys import ensure_demo_keys
 from ext_authz.logging_setup import configure_logging
+from ext_authz.observe import DecisionObserver
 from ext_authz.runtime import Runtime, build_runtime
 from ext_authz.service import AuthorizationServicer
 from ext_authz.settings import load_settings
@@ -125,7 +127,9 @@ def _measure(runtime: Runtime, checks: list[Any], callers: list[_GrpcContext]) -
     plain: list[Any] = [None] * len(checks)
 
     def run(
-        observers: Any = None, spans: TracerProvider | None = None, contexts: Any = None
+        observers: Sequence[DecisionObserver] | None = None,
+        spans: TracerProvider | None = None,
+        contexts: list[_GrpcContext] | None = None,
     ) -> _Run:
         alone = runtime if observers is None else dataclasses.replace(runtime, observers=observers)
         return _servicer(alone, spans), checks, contexts or plain
