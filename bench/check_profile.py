@@ -20,7 +20,6 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +126,7 @@ def _measure(runtime: Runtime, checks: list[Any], callers: list[_GrpcContext]) -
     plain: list[Any] = [None] * len(checks)
 
     def run(
-        observers: Sequence[DecisionObserver] | None = None,
+        observers: tuple[DecisionObserver, ...] | None = None,
         spans: TracerProvider | None = None,
         contexts: list[_GrpcContext] | None = None,
     ) -> _Run:
